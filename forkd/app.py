@@ -1,0 +1,119 @@
+"""Application: the picklable object a .tap file holds (the seed's twisted.main.Application).
+
+An Application is a name, an optional uid/gid to run as, and a list of ports, each with its
+factory. mktap builds one and pickles it; `forkd start` unpickles it in the master.
+
+Inside a running forkd the master attaches itself as the application's *runtime*: then
+`listenTCP`, `listenUNIX`, `addPort` and `removePort` take effect at once (the master binds
+the port and every worker starts serving it), which is what makes the seed's live
+`__main__.application.listenTCP(8443, factory)` work.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Protocol
+
+from forkd.ports import DEFAULT_BACKLOG, TCPPort, UNIXPort, port_key
+
+
+class Runtime(Protocol):
+    """What a running master offers the application (absent in mktap and in tests)."""
+
+    def portAdded(self, port: Any) -> None:
+        """Bind `port` and have every worker serve it; raise to refuse (port in use)."""
+
+    def portRemoved(self, port: Any) -> None:
+        """Have the workers stop serving `port`, then close it."""
+
+
+class Application:
+    """A named set of ports, saved to and loaded from .tap files."""
+
+    def __init__(self, name: str, uid: int | None = None, gid: int | None = None) -> None:
+        self.name = name
+        self.uid = uid
+        self.gid = gid
+        self.ports: list[Any] = []
+        self.tapfile: str | None = None  # where it was loaded from: save() writes beside it
+        self.runtime: Runtime | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["runtime"] = None
+        state["tapfile"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.__dict__.setdefault("runtime", None)
+        self.__dict__.setdefault("tapfile", None)
+
+    def __repr__(self) -> str:
+        return f"<Application {self.name!r} ports={self.ports!r}>"
+
+    # -- ports ----------------------------------------------------------------------------
+    def listenTCP(
+        self, port: int, factory: Any, backlog: int = DEFAULT_BACKLOG, interface: str = ""
+    ) -> TCPPort:
+        """Serve `factory` on TCP `port` (on every IPv4 address unless `interface` says)."""
+        return self.addPort(TCPPort(port, factory, backlog=backlog, interface=interface))
+
+    def listenUNIX(
+        self, filename: str, factory: Any, backlog: int = DEFAULT_BACKLOG, mode: int = 0o666
+    ) -> UNIXPort:
+        """Serve `factory` on a UNIX-domain socket at `filename`."""
+        return self.addPort(UNIXPort(filename, factory, backlog=backlog, mode=mode))
+
+    def addPort(self, port: Any) -> Any:
+        """Add a port of any transport type (see forkd.ports for the interface)."""
+        key = port_key(port)
+        if any(port_key(existing) == key for existing in self.ports):
+            raise ValueError(f"{key} is already a port of {self.name!r}")
+        if self.runtime is not None:
+            self.runtime.portAdded(port)
+        self.ports.append(port)
+        return port
+
+    def getPort(self, key: str | int) -> Any:
+        """Find a port by key ('tcp:8080', 'unix:/path'), by number (8080) or by path."""
+        wanted = str(key)
+        for port in self.ports:
+            candidates = {port_key(port), str(getattr(port, "port", "")), getattr(port, "path", "")}
+            if wanted in candidates or (
+                wanted.startswith("unix:") and getattr(port, "path", None) == wanted[5:]
+            ):
+                return port
+        raise KeyError(f"no port {wanted} in {self.name!r}")
+
+    def removePort(self, port: Any) -> Any:
+        """Remove a port (the object itself, its key or its number) and stop serving it."""
+        if not any(port is existing for existing in self.ports):
+            port = self.getPort(port)
+        if self.runtime is not None:
+            self.runtime.portRemoved(port)
+        self.ports = [existing for existing in self.ports if existing is not port]
+        return port
+
+    # -- saving ---------------------------------------------------------------------------
+    def tapPath(self, tag: str | None = None) -> str:
+        """The file save(tag) writes: the tap itself, or `<base>-<tag>.tap` beside it."""
+        tapfile = self.tapfile or os.path.abspath(f"{self.name}.tap")
+        if not tag:
+            return tapfile
+        base = tapfile[: -len(".tap")] if tapfile.endswith(".tap") else tapfile
+        return f"{base}-{tag}.tap"
+
+    def save(self, tag: str | None = None) -> str:
+        """Write the application atomically to its tap file, or to `<base>-<tag>.tap`."""
+        from forkd import tapfile
+
+        if tag is not None and (not tag or "/" in tag or tag.startswith(".")):
+            raise ValueError(f"bad tag {tag!r}: a tag is a plain name such as 'known-good'")
+        path = self.tapPath(tag)
+        tapfile.save(self, path)
+        if self.runtime is not None:
+            notify = getattr(self.runtime, "applicationSaved", None)
+            if notify is not None:
+                notify(path, tag)
+        return path

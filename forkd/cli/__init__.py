@@ -1,0 +1,1 @@
+"""Command-line entry points: thin layers that parse, call, print and exit."""

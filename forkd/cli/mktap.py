@@ -1,0 +1,147 @@
+"""mktap: build a .tap file (a pickled Application) from a tap module and its options.
+
+    mktap [-u USER] [-g GROUP] [-o FILE] NAME [tap options]   writes NAME.tap
+    mktap --append FILE NAME [tap options]                    adds NAME's ports to FILE
+    mktap --list                                              the known tap modules
+    mktap NAME --help                                         NAME's usage_message and options
+
+Exit codes: 0 done, 2 bad usage (the tap's usage, then one `Usage Error:` line), 1 any other
+failure (one line on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import grp
+import os
+import pwd
+import sys
+
+from forkd import taps
+from forkd.app import Application
+from forkd.tapfile import TapError
+from forkd.tapfile import load as load_tap
+from forkd.usage import UsageError
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class Failure(Exception):
+    """A failure to report as one line and exit 1."""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mktap",
+        description="Write a .tap file (a pickled forkd Application) from a tap module.",
+        epilog="Run 'mktap NAME --help' for the options of tap module NAME.",
+    )
+    p.add_argument("--list", action="store_true", help="list the known tap modules and exit")
+    p.add_argument("-a", "--append", metavar="FILE", help="add the ports to an existing tap file")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of NAME.tap")
+    p.add_argument("-u", "--uid", metavar="USER", help="user (name or uid) to run as")
+    p.add_argument("-g", "--gid", metavar="GROUP", help="group (name or gid) to run as")
+    p.add_argument("name", nargs="?", help="the tap module (mktap --list)")
+    p.add_argument("options", nargs=argparse.REMAINDER, help="the tap module's own options")
+    return p
+
+
+def resolve_uid(user: str | None) -> int | None:
+    if user is None:
+        return None
+    try:
+        return int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid
+    except KeyError:
+        raise Failure(f"no such user: {user}") from None
+
+
+def resolve_gid(group: str | None) -> int | None:
+    if group is None:
+        return None
+    try:
+        return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise Failure(f"no such group: {group}") from None
+
+
+def list_taps() -> None:
+    rows = taps.available()
+    width = max((len(name) for name, _ in rows), default=0)
+    for name, summary in rows:
+        print(f"{name:<{width}}  {summary}".rstrip())
+
+
+def make(args: argparse.Namespace) -> str:
+    """Build or extend the application; return the path written."""
+    try:
+        module = taps.find(args.name)
+    except taps.TapNotFound as error:
+        raise Failure(str(error)) from None
+    except ImportError as error:
+        raise Failure(f"tap module {args.name!r} does not import: {error}") from None
+
+    config = taps.options_for(module)
+    if not getattr(config, "synopsis", None):
+        config.synopsis = f"Usage: mktap [mktap options] {args.name} [{args.name} options]"
+    try:
+        config.parseOptions(args.options)
+    except UsageError as error:
+        print(config, file=sys.stderr)
+        print(f"Usage Error: {error}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+
+    if args.append:
+        try:
+            application = load_tap(args.append)
+        except TapError as error:
+            raise Failure(str(error)) from None
+        path = args.append
+    else:
+        application = Application(args.name)
+        path = args.output or f"{args.name}.tap"
+    uid, gid = resolve_uid(args.uid), resolve_gid(args.gid)
+    if uid is not None:
+        application.uid = uid
+    if gid is not None:
+        application.gid = gid
+
+    try:
+        taps.apply(module, application, config)
+    except UsageError as error:
+        print(config, file=sys.stderr)
+        print(f"Usage Error: {error}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+    except ValueError as error:  # e.g. the port is already in the tap
+        raise Failure(str(error)) from None
+    application.tapfile = os.path.abspath(path)
+    try:
+        application.save()
+    except OSError as error:
+        raise Failure(f"cannot write {path}: {error.strerror or error}") from None
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.list:
+            list_taps()
+            return 0
+        if not args.name:
+            parser().print_usage(sys.stderr)
+            print("mktap: error: name a tap module (mktap --list shows them)", file=sys.stderr)
+            return EXIT_USAGE
+        path = make(args)
+    except Failure as error:
+        print(f"mktap: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except Exception as error:  # a tap module's own bug: one line, still no traceback
+        print(f"mktap: {args.name}: {type(error).__name__}: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"mktap: wrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""Listening ports: TCPPort, UNIXPort, and the interface for new transport types.
+
+A port is created in the master (or by mktap), pickled in the .tap file, bound by the master
+with `startListening()`, and served in every worker, which inherits the listening socket.
+
+The port interface (the seed's "Writing New Transport Types"):
+
+- `factory`: the Factory that builds a protocol for each connection;
+- `startListening()`: open the OS resource (in the master, before privileges are dropped);
+- `fileno()`: the listening file descriptor, inherited by the workers;
+- `stopListening()`: close it;
+- `key`: a string naming the address ("tcp:8080", "unix:/run/app.sock"), used by
+  `forkctl remove` and by reload to tell which ports are new or gone;
+- pickle-safe: `__getstate__` drops sockets and file descriptors.
+
+A worker serves a port with `await port.serve(loop)` when the port has it (TCPPort and
+UNIXPort do, on the event loop's fast native transports). A seed-style port without `serve`
+is driven with the loop's reader/writer callbacks: `doRead()` when `fileno()` is readable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import socket
+import stat
+from typing import Any, Protocol
+
+from forkd.protocol import protocol_factory
+
+DEFAULT_BACKLOG = 511  # nginx's default; the kernel caps it at net.core.somaxconn
+
+
+class PortError(Exception):
+    """A port could not be opened: the message names the address and the reason."""
+
+
+class ListeningPort(Protocol):
+    """What the master and workers need of a port (structural: no base class required)."""
+
+    factory: Any
+
+    def startListening(self) -> None: ...
+
+    def fileno(self) -> int: ...
+
+    def stopListening(self) -> None: ...
+
+    @property
+    def key(self) -> str: ...
+
+
+def factory_name(factory: Any) -> str:
+    cls = type(factory)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def port_key(port: Any) -> str:
+    """The address key of any port object (ports without `key` are named by repr)."""
+    key = getattr(port, "key", None)
+    return key if isinstance(key, str) else repr(port)
+
+
+class _SocketPort:
+    """What TCP and UNIX ports share: the socket's life and pickling."""
+
+    socket: socket.socket | None = None
+    backlog = DEFAULT_BACKLOG
+    factory: Any
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("socket", None)
+        state.pop("_server", None)
+        return state
+
+    def fileno(self) -> int:
+        if self.socket is None:
+            raise PortError(f"{self.key} is not listening")
+        return self.socket.fileno()
+
+    @property
+    def key(self) -> str:
+        raise NotImplementedError
+
+    def adopt(self, fd: int) -> None:
+        """Take over an already listening socket (inherited across re-exec, or from systemd)."""
+        self.socket = socket.socket(fileno=fd)
+        self.socket.setblocking(False)
+
+    def stopListening(self) -> None:
+        if self.socket is not None:
+            self.socket.close()
+            self.socket = None
+
+    def _listen(self, sock: socket.socket, address: Any, shown: str) -> None:
+        try:
+            sock.bind(address)
+            sock.listen(self.backlog)
+        except OSError as error:
+            sock.close()
+            reason = os.strerror(error.errno) if error.errno else str(error)
+            raise PortError(f"cannot listen on {shown}: {reason}") from error
+        sock.setblocking(False)
+        self.socket = sock
+
+
+class TCPPort(_SocketPort):
+    """A TCP port on `interface` ('' = every IPv4 address; an IPv6 literal such as '::1' or
+    '::' listens on IPv6). Port 0 asks the kernel for a free port; `port` then holds it."""
+
+    def __init__(
+        self,
+        port: int,
+        factory: Any,
+        backlog: int = DEFAULT_BACKLOG,
+        interface: str = "",
+    ) -> None:
+        self.port = int(port)
+        self.factory = factory
+        self.backlog = backlog
+        self.interface = interface
+
+    @property
+    def family(self) -> socket.AddressFamily:
+        return socket.AF_INET6 if ":" in self.interface else socket.AF_INET
+
+    @property
+    def key(self) -> str:
+        if self.interface:
+            host = f"[{self.interface}]" if ":" in self.interface else self.interface
+            return f"tcp:{host}:{self.port}"
+        return f"tcp:{self.port}"
+
+    def startListening(self) -> None:
+        sock = socket.socket(self.family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.family == socket.AF_INET6 and self.interface == "::":
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        self._listen(sock, (self.interface, self.port), self.key)
+        self.port = sock.getsockname()[1]
+
+    def getHost(self) -> tuple[Any, ...]:
+        kind = "INET6" if self.family == socket.AF_INET6 else "INET"
+        return (kind, self.interface or "0.0.0.0", self.port)
+
+    async def serve(self, loop: asyncio.AbstractEventLoop) -> asyncio.AbstractServer:
+        assert self.socket is not None, "startListening() first"
+        return await loop.create_server(
+            protocol_factory(self.factory, self), sock=self.socket, backlog=self.backlog
+        )
+
+    def __repr__(self) -> str:
+        where = self.key[len("tcp:") :]
+        return f"<{factory_name(self.factory)} on {where}>"
+
+
+class UNIXPort(_SocketPort):
+    """A UNIX-domain stream socket at `path`, created with file mode `mode`.
+
+    A stale socket file (left by a crash: nothing accepts on it) is replaced; one that a live
+    process serves is refused, as binding a TCP port in use would be."""
+
+    def __init__(
+        self, path: str, factory: Any, backlog: int = DEFAULT_BACKLOG, mode: int = 0o666
+    ) -> None:
+        self.path = os.path.abspath(path)
+        self.factory = factory
+        self.backlog = backlog
+        self.mode = mode
+
+    @property
+    def key(self) -> str:
+        return f"unix:{self.path}"
+
+    def startListening(self) -> None:
+        self._remove_stale_socket()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listen(sock, self.path, self.path)
+        os.chmod(self.path, self.mode)
+
+    def _remove_stale_socket(self) -> None:
+        try:
+            if not stat.S_ISSOCK(os.stat(self.path).st_mode):
+                return  # not ours to remove: bind will fail with a clear error
+        except FileNotFoundError:
+            return
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(self.path)
+        except OSError as error:
+            if error.errno in (errno.ECONNREFUSED, errno.ENOENT):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)
+        else:
+            raise PortError(f"cannot listen on {self.path}: another process serves it")
+        finally:
+            probe.close()
+
+    def stopListening(self) -> None:
+        if self.socket is not None:
+            super().stopListening()
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+
+    def getHost(self) -> tuple[Any, ...]:
+        return ("UNIX", self.path)
+
+    async def serve(self, loop: asyncio.AbstractEventLoop) -> asyncio.AbstractServer:
+        assert self.socket is not None, "startListening() first"
+        return await loop.create_unix_server(
+            protocol_factory(self.factory, self), sock=self.socket, backlog=self.backlog
+        )
+
+    def __repr__(self) -> str:
+        return f"<{factory_name(self.factory)} on {self.path}>"

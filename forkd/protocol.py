@@ -1,0 +1,337 @@
+"""Protocol, Factory and the transport a protocol sees.
+
+These are the seed's names ("Writing Servers in Twisted") running on asyncio. A forkd
+`Protocol` *is* an asyncio protocol: the event loop calls `data_received`, which for every
+subclass is the subclass's own `dataReceived` function (aliased at class creation), and the
+protocol's `transport.write` is the loop transport's bound `write`. So the hot path
+(`dataReceived` -> `transport.write`) runs no forkd code at all.
+
+The seed's connectionLost took no argument; Twisted later added `reason`. Both work: the
+arity of the override is read once, when the class is created.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import socket
+from collections.abc import Callable
+from typing import Any
+
+
+class ConnectionDone(Exception):
+    """The connection was closed cleanly (the `reason` given to connectionLost)."""
+
+
+class ConnectionLost(Exception):
+    """The connection was closed uncleanly; `__cause__` holds the OS error, if any."""
+
+
+class ConnectionStats:
+    """Per-process connection bookkeeping read by the worker (heartbeats, graceful drain).
+
+    One instance per process (`stats` below): protocols add themselves when a connection is
+    made and remove themselves when it is lost, and HTTP-like protocols count requests.
+    """
+
+    __slots__ = ("open", "accepted", "requests")
+
+    def __init__(self) -> None:
+        self.open: set[Protocol] = set()
+        self.accepted = 0
+        self.requests = 0
+
+
+stats = ConnectionStats()
+
+
+def address_tuple(address: Any, family: int | None = None) -> tuple[Any, ...]:
+    """Turn a socket address into the seed's tuple: ('INET', host, port), ('INET6', ...),
+    ('UNIX', path)."""
+    if isinstance(address, tuple):
+        if family == socket.AF_INET6 or (family is None and len(address) == 4):
+            return ("INET6", address[0], address[1])
+        return ("INET", address[0], address[1])
+    if isinstance(address, bytes):
+        address = address.decode("utf-8", "surrogateescape")
+    return ("UNIX", address or "")
+
+
+class Transport:
+    """The transport a forkd protocol sees, over an asyncio transport.
+
+    `write`, `writeSequence`, `loseConnection` and `abortConnection` are the underlying
+    transport's own bound methods (no Python layer on the hot path); `write` raises TypeError
+    for str as every asyncio transport does. `loseConnection` closes once pending data is
+    flushed. The transport is also the producer of the data it reads: `pauseProducing` stops
+    reading from the peer, as in Twisted.
+    """
+
+    __slots__ = (
+        "_transport",
+        "write",
+        "writeSequence",
+        "loseConnection",
+        "abortConnection",
+        "pauseProducing",
+        "resumeProducing",
+        "producer",
+        "_peer",
+    )
+
+    def __init__(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        self.write = transport.write  # type: ignore[attr-defined]
+        self.writeSequence = transport.writelines  # type: ignore[attr-defined]
+        self.loseConnection = transport.close
+        self.abortConnection = transport.abort  # type: ignore[attr-defined]
+        self.pauseProducing = transport.pause_reading  # type: ignore[attr-defined]
+        self.resumeProducing = transport.resume_reading  # type: ignore[attr-defined]
+        self.producer: Any = None
+        self._peer: tuple[Any, ...] | None = None
+
+    def getPeer(self) -> tuple[Any, ...]:
+        """The peer as ('INET', host, port), ('INET6', host, port) or ('UNIX', path)."""
+        if self._peer is None:
+            self._peer = self._address("peername")
+        return self._peer
+
+    def getHost(self) -> tuple[Any, ...]:
+        """This end of the connection, in the same tuple form as getPeer."""
+        return self._address("sockname")
+
+    def _address(self, which: str) -> tuple[Any, ...]:
+        sock = self._transport.get_extra_info("socket")
+        family = sock.family if sock is not None else None
+        return address_tuple(self._transport.get_extra_info(which), family)
+
+    @property
+    def disconnecting(self) -> bool:
+        """True once loseConnection (or abort) has been called or the peer has gone."""
+        return self._transport.is_closing()
+
+    def stopProducing(self) -> None:
+        self._transport.abort()  # type: ignore[attr-defined]
+
+    def registerProducer(self, producer: Any, streaming: bool = True) -> None:
+        """Have `producer` paused while the write buffer is above the high-water mark."""
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(enabled))
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+
+def _takes_reason(method: Callable[..., Any]) -> bool:
+    """Whether a connectionLost override accepts the `reason` argument (Twisted) or not (seed)."""
+    try:
+        parameters = list(inspect.signature(method).parameters.values())
+    except (TypeError, ValueError):
+        return True
+    positional = [
+        p for p in parameters[1:] if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    return bool(positional) or any(p.kind is p.VAR_POSITIONAL for p in parameters)
+
+
+class Protocol(asyncio.Protocol):
+    """A connection handler with the seed's interface.
+
+    Override `connectionMade`, `dataReceived(data)` and `connectionLost(reason)` (or the seed's
+    `connectionLost(self)`). `connectionDraining` is called once when the worker starts a
+    graceful stop; the default does nothing, so the worker waits (up to its graceful timeout)
+    for the peer to finish. Protocols that know when they are idle (HTTP) close sooner.
+    """
+
+    factory: Any = None
+    connected = 0
+    transport: Any = None
+    server: Any = None
+    _lost_takes_reason = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "dataReceived" in cls.__dict__ and "data_received" not in cls.__dict__:
+            cls.data_received = cls.__dict__["dataReceived"]  # type: ignore[method-assign]
+        if "connectionLost" in cls.__dict__:
+            cls._lost_takes_reason = _takes_reason(cls.__dict__["connectionLost"])
+
+    # -- the seed's interface ----------------------------------------------------------
+    def makeConnection(self, transport: Any, server: Any = None) -> None:
+        self.connected = 1
+        self.transport = transport
+        if server is not None:
+            self.server = server
+        self.connectionMade()
+
+    def connectionMade(self) -> None:
+        """Called when the connection is established: greet, set up per-connection state."""
+
+    def dataReceived(self, data: bytes) -> None:
+        """Called with each chunk of bytes the peer sends."""
+
+    def connectionLost(self, reason: BaseException | None = None) -> None:
+        """Called once when the connection is gone; clean up."""
+
+    def connectionDraining(self) -> None:
+        """The worker is stopping gracefully: finish what is in flight, then close."""
+
+    # -- asyncio's interface -------------------------------------------------------------
+    data_received = dataReceived
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+        stats.accepted += 1
+        stats.open.add(self)
+        self.makeConnection(Transport(transport), self.server)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        stats.open.discard(self)
+        self.connected = 0
+        if exc is None:
+            reason: BaseException = ConnectionDone("Connection was closed cleanly.")
+        else:
+            reason = ConnectionLost(str(exc) or type(exc).__name__)
+            reason.__cause__ = exc
+        if self._lost_takes_reason:
+            self.connectionLost(reason)
+        else:
+            self.connectionLost()  # type: ignore[call-arg]
+
+    def pause_writing(self) -> None:
+        transport = self.transport
+        producer = transport.producer if transport is not None else None
+        if producer is not None:
+            producer.pauseProducing()
+        elif transport is not None:
+            transport.pauseProducing()
+
+    def resume_writing(self) -> None:
+        transport = self.transport
+        producer = transport.producer if transport is not None else None
+        if producer is not None:
+            producer.resumeProducing()
+        elif transport is not None and not transport.disconnecting:
+            transport.resumeProducing()
+
+
+class _ProtocolAdapter(Protocol):
+    """Runs a duck-typed seed protocol (any object with makeConnection/dataReceived/
+    connectionLost, not derived from Protocol) on the event loop."""
+
+    def __init__(self, wrapped: Any) -> None:
+        self.wrapped = wrapped
+        self.data_received = wrapped.dataReceived  # type: ignore[method-assign]
+        self._lost_takes_reason = _takes_reason(wrapped.connectionLost)
+
+    def makeConnection(self, transport: Any, server: Any = None) -> None:
+        self.transport = transport
+        self.wrapped.makeConnection(transport, server)
+
+    def connectionLost(self, reason: BaseException | None = None) -> None:
+        if self._lost_takes_reason:
+            self.wrapped.connectionLost(reason)
+        else:
+            self.wrapped.connectionLost()
+
+    def connectionDraining(self) -> None:
+        draining = getattr(self.wrapped, "connectionDraining", None)
+        if draining is not None:
+            draining()
+
+
+class _Deferred(asyncio.Protocol):
+    """Calls a custom buildProtocol(addr) with the peer's address, then hands the transport to
+    the protocol it built. Used only for factories that override buildProtocol, since the
+    event loop builds protocols before it knows the address."""
+
+    def __init__(self, factory: Factory, server: Any) -> None:
+        self.factory = factory
+        self.server = server
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+        sock = transport.get_extra_info("socket")
+        addr = address_tuple(
+            transport.get_extra_info("peername"), sock.family if sock is not None else None
+        )
+        built = self.factory.buildProtocol(addr)
+        if built is None:
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        protocol = built if isinstance(built, Protocol) else _ProtocolAdapter(built)
+        if protocol.server is None:
+            protocol.server = self.server
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+
+
+class Factory:
+    """Builds a protocol for each connection on the ports it listens on.
+
+    `protocol` is the class to build; `buildProtocol(addr)` may be overridden and may return
+    None to refuse the connection. `doStart`/`doStop` (which call `startFactory`/
+    `stopFactory` once however many ports share the factory) run in each worker process,
+    never in the master.
+    """
+
+    protocol: Any = None
+    numPorts = 0
+    noisy = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("numPorts", None)
+        return state
+
+    def doStart(self) -> None:
+        if not self.numPorts:
+            self.startFactory()
+        self.numPorts += 1
+
+    def doStop(self) -> None:
+        if self.numPorts <= 0:
+            return
+        self.numPorts -= 1
+        if not self.numPorts:
+            self.stopFactory()
+
+    def startFactory(self) -> None:
+        """Set up what every connection shares (opened files, pools): runs in each worker."""
+
+    def stopFactory(self) -> None:
+        """Release what startFactory set up."""
+
+    def buildProtocol(self, addr: tuple[Any, ...] | None) -> Any:
+        protocol = self.protocol()
+        protocol.factory = self
+        return protocol
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__module__}.{type(self).__qualname__}>"
+
+
+def protocol_factory(factory: Factory, server: Any = None) -> Callable[[], asyncio.BaseProtocol]:
+    """The zero-argument callable asyncio's create_server wants, for a forkd Factory.
+
+    A factory that keeps the default buildProtocol gets the fast path (the protocol class is
+    instantiated directly); one that overrides it is called with the peer's address."""
+    if type(factory).buildProtocol is not Factory.buildProtocol or not isinstance(
+        factory.protocol, type
+    ) or not issubclass(factory.protocol, Protocol):
+        return lambda: _Deferred(factory, server)
+    protocol_class = factory.protocol
+
+    def build() -> asyncio.BaseProtocol:
+        protocol = protocol_class()
+        protocol.factory = factory
+        protocol.server = server
+        return protocol
+
+    return build
+

@@ -1,0 +1,141 @@
+"""Reading and writing .tap files safely.
+
+A .tap file is a short text header and a pickle of an Application:
+
+    FORKDTAP 1 forkd=0.1.0\\n
+    <pickle, protocol 5>
+
+The header lets forkd refuse a file that is not a tap, or one written by a newer format,
+with a clear message instead of an unpickling traceback.
+
+Saving is atomic: the pickle goes to a temporary file in the same directory, is fsynced, and
+renamed over the target, so a crash mid-save never leaves a broken tap.
+
+Unpickling runs code. forkd therefore loads only files that no one else could have written:
+a tap that is group- or world-writable, or owned by a user other than the one loading it (or
+root), is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pickle
+import stat
+import tempfile
+from typing import Any
+
+from forkd import __version__
+
+MAGIC = b"FORKDTAP"
+FORMAT = 1
+MAX_HEADER = 256
+
+
+class TapError(Exception):
+    """A tap file cannot be used; the message is one line naming the file and the reason."""
+
+
+def header() -> bytes:
+    return b"%s %d forkd=%s\n" % (MAGIC, FORMAT, __version__.encode())
+
+
+def dumps(application: Any) -> bytes:
+    return header() + pickle.dumps(application, protocol=5)
+
+
+def save(application: Any, path: str) -> None:
+    """Write `application` to `path` atomically (temp file, fsync, rename)."""
+    data = dumps(application)
+    directory = os.path.dirname(os.path.abspath(path))
+    mode = 0o644
+    with contextlib.suppress(FileNotFoundError):
+        mode = stat.S_IMODE(os.stat(path).st_mode) & ~0o022
+    fd, temporary = tempfile.mkstemp(prefix=".", suffix=".tap.tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def check_trusted(path: str, st: os.stat_result) -> None:
+    """Refuse a file someone else could have written: its pickle would run their code."""
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise TapError(
+            f"{path}: refusing to load a group- or world-writable tap file "
+            f"(mode {stat.S_IMODE(st.st_mode):o}); run: chmod go-w {path}"
+        )
+    if st.st_uid not in (os.geteuid(), 0):
+        raise TapError(
+            f"{path}: refusing to load a tap file owned by uid {st.st_uid} "
+            f"(loading it would run that user's code as uid {os.geteuid()})"
+        )
+
+
+def loads(data: bytes, path: str = "<tap>") -> Any:
+    """Unpickle an Application from tap bytes, with one-line errors for every failure."""
+    newline = data.find(b"\n", 0, MAX_HEADER)
+    if not data.startswith(MAGIC + b" ") or newline < 0:
+        raise TapError(f"{path}: not a forkd tap file")
+    fields = data[len(MAGIC) + 1 : newline].split()
+    try:
+        version = int(fields[0])
+    except (IndexError, ValueError):
+        raise TapError(f"{path}: not a forkd tap file (bad header)") from None
+    if version > FORMAT:
+        written_by = fields[1].decode(errors="replace") if len(fields) > 1 else "a newer forkd"
+        raise TapError(
+            f"{path}: tap format {version} is newer than this forkd understands "
+            f"({FORMAT}); it was written by {written_by}"
+        )
+    try:
+        application = pickle.Unpickler(io.BytesIO(data[newline + 1 :])).load()
+    except (ModuleNotFoundError, ImportError) as error:
+        raise TapError(f"{path}: a module it needs does not import: {error}") from error
+    except AttributeError as error:
+        raise TapError(f"{path}: a class it needs is gone: {error}") from error
+    except (EOFError, pickle.UnpicklingError, ValueError, IndexError, KeyError) as error:
+        raise TapError(f"{path}: truncated or corrupt tap file ({error})") from error
+    except Exception as error:
+        raise TapError(
+            f"{path}: loading failed: {type(error).__name__}: {error}"
+        ) from error
+    from forkd.app import Application
+
+    if not isinstance(application, Application):
+        raise TapError(f"{path}: holds a {type(application).__name__}, not an Application")
+    return application
+
+
+def load(path: str, trust_check: bool = True) -> Any:
+    """Load the Application saved in `path`, refusing untrusted or broken files."""
+    path = os.path.abspath(path)
+    try:
+        with open(path, "rb") as handle:
+            st = os.fstat(handle.fileno())
+            if trust_check:
+                check_trusted(path, st)
+            data = handle.read()
+    except FileNotFoundError:
+        raise TapError(f"{path}: no such tap file") from None
+    except IsADirectoryError:
+        raise TapError(f"{path}: is a directory, not a tap file") from None
+    except PermissionError:
+        raise TapError(f"{path}: permission denied") from None
+    application = loads(data, path)
+    application.tapfile = path
+    return application

@@ -1,0 +1,205 @@
+"""Application, ports and .tap files: pickling, atomic saves, refusing bad or unsafe files."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import pickle
+import socket
+import sys
+import textwrap
+
+import pytest
+
+from forkd import tapfile
+from forkd.app import Application
+from forkd.ports import PortError, TCPPort, UNIXPort
+from forkd.tapfile import TapError
+from workers.echo import EchoFactory
+
+
+def make_app(tmp_path, name: str = "echo") -> Application:
+    app = Application(name)
+    app.listenTCP(9001, EchoFactory())
+    app.listenUNIX(str(tmp_path / "echo.sock"), EchoFactory())
+    app.tapfile = str(tmp_path / f"{name}.tap")
+    return app
+
+
+def test_ports_repr_is_the_seeds(tmp_path) -> None:
+    app = make_app(tmp_path)
+    assert repr(app.ports[0]) == "<workers.echo.EchoFactory on 9001>"
+    assert repr(app.ports[1]) == f"<workers.echo.EchoFactory on {tmp_path / 'echo.sock'}>"
+    ipv6 = TCPPort(8443, EchoFactory(), interface="::1")
+    assert ipv6.key == "tcp:[::1]:8443"
+
+
+def test_save_and_load_round_trip(tmp_path) -> None:
+    app = make_app(tmp_path)
+    path = app.save()
+    assert path == str(tmp_path / "echo.tap")
+    loaded = tapfile.load(path)
+    assert [p.key for p in loaded.ports] == [p.key for p in app.ports]
+    assert loaded.tapfile == path and loaded.runtime is None
+    assert oct(os.stat(path).st_mode & 0o777) == oct(0o644)
+
+
+def test_save_with_tag_writes_beside_the_original(tmp_path) -> None:
+    app = make_app(tmp_path)
+    app.save()
+    assert app.save("known-good") == str(tmp_path / "echo-known-good.tap")
+    assert tapfile.load(str(tmp_path / "echo-known-good.tap")).name == "echo"
+    with pytest.raises(ValueError):
+        app.save("../escape")
+
+
+def test_pickle_drops_os_resources(tmp_path) -> None:
+    app = make_app(tmp_path)
+    port = TCPPort(0, EchoFactory(), interface="127.0.0.1")
+    port.startListening()
+    try:
+        app.addPort(port)
+        app.runtime = object()  # type: ignore[assignment]
+        clone = pickle.loads(pickle.dumps(app))
+        assert clone.ports[-1].socket is None and clone.runtime is None
+        assert clone.ports[-1].port == port.port  # the port the kernel chose is kept
+    finally:
+        port.stopListening()
+
+
+def test_duplicate_port_and_remove_by_key(tmp_path) -> None:
+    app = make_app(tmp_path)
+    with pytest.raises(ValueError, match="tcp:9001 is already a port"):
+        app.listenTCP(9001, EchoFactory())
+    removed = app.removePort(9001)
+    assert removed.key == "tcp:9001" and [p.key for p in app.ports] == [
+        f"unix:{tmp_path / 'echo.sock'}"
+    ]
+    with pytest.raises(KeyError):
+        app.removePort("tcp:1")
+
+
+def test_runtime_hooks_see_live_changes(tmp_path) -> None:
+    calls: list[tuple[str, str]] = []
+
+    class Runtime:
+        def portAdded(self, port) -> None:
+            if port.port == 1:
+                raise PortError("cannot listen on tcp:1: Permission denied")
+            calls.append(("added", port.key))
+
+        def portRemoved(self, port) -> None:
+            calls.append(("removed", port.key))
+
+    app = make_app(tmp_path)
+    app.runtime = Runtime()
+    app.listenTCP(8443, EchoFactory())
+    with pytest.raises(PortError):
+        app.listenTCP(1, EchoFactory())
+    assert [p.key for p in app.ports][-1] == "tcp:8443"  # the refused port was not added
+    app.removePort("tcp:8443")
+    assert calls == [("added", "tcp:8443"), ("removed", "tcp:8443")]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "not a forkd tap file"),
+        (b"GIF89a....", "not a forkd tap file"),
+        (b"FORKDTAP x forkd=0\n", "bad header"),
+        (b"FORKDTAP 99 forkd=9.0\n", "tap format 99 is newer"),
+        (b"FORKDTAP 1 forkd=0.1.0\n\x80\x05garbage", "truncated or corrupt"),
+        (tapfile.header() + pickle.dumps({"not": "an app"}), "holds a dict, not an Application"),
+    ],
+)
+def test_bad_files_are_refused_with_one_line(tmp_path, content: bytes, message: str) -> None:
+    path = tmp_path / "bad.tap"
+    path.write_bytes(content)
+    with pytest.raises(TapError, match=message) as info:
+        tapfile.load(str(path))
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_truncated_at_every_length_is_refused_cleanly(tmp_path) -> None:
+    data = tapfile.dumps(make_app(tmp_path))
+    for cut in range(0, len(data), max(1, len(data) // 60)):
+        with pytest.raises(TapError):
+            tapfile.loads(data[:cut], "cut.tap")
+
+
+def test_module_that_no_longer_imports(tmp_path, monkeypatch) -> None:
+    module = tmp_path / "vanishing_tap.py"
+    module.write_text(textwrap.dedent("""
+        from forkd.protocol import Factory
+        class Gone(Factory):
+            pass
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import vanishing_tap  # noqa: PLC0415
+
+    app = Application("gone")
+    app.listenTCP(9005, vanishing_tap.Gone())
+    data = tapfile.dumps(app)
+    module.unlink()
+    del sys.modules["vanishing_tap"]
+    with pytest.raises(TapError, match="does not import.*vanishing_tap"):
+        tapfile.loads(data, "gone.tap")
+
+
+def test_world_or_group_writable_tap_is_refused(tmp_path) -> None:
+    path = make_app(tmp_path).save()
+    for mode in (0o666, 0o664, 0o646):
+        os.chmod(path, mode)
+        with pytest.raises(TapError, match="group- or world-writable"):
+            tapfile.load(path)
+    os.chmod(path, 0o600)
+    assert tapfile.load(path).name == "echo"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown")
+def test_tap_owned_by_another_user_is_refused(tmp_path) -> None:
+    path = make_app(tmp_path).save()
+    os.chown(path, 65534, 65534)
+    with pytest.raises(TapError, match="owned by uid 65534"):
+        tapfile.load(path)
+
+
+def test_save_is_atomic_when_pickling_fails(tmp_path) -> None:
+    app = make_app(tmp_path)
+    path = app.save()
+    before = pathlib.Path(path).read_bytes()
+    app.ports[0].factory.unpicklable = socket.socket()  # sockets do not pickle
+    try:
+        with pytest.raises(TypeError):
+            app.save()
+    finally:
+        app.ports[0].factory.unpicklable.close()
+    assert pathlib.Path(path).read_bytes() == before
+    assert [n for n in os.listdir(tmp_path) if n.endswith(".tmp")] == []
+
+
+def test_port_in_use_names_the_address() -> None:
+    first = TCPPort(0, EchoFactory(), interface="127.0.0.1")
+    first.startListening()
+    try:
+        second = TCPPort(first.port, EchoFactory(), interface="127.0.0.1")
+        with pytest.raises(PortError, match=f"cannot listen on tcp:127.0.0.1:{first.port}: "):
+            second.startListening()
+    finally:
+        first.stopListening()
+
+
+def test_unix_port_replaces_a_stale_socket_but_not_a_live_one(tmp_path) -> None:
+    path = str(tmp_path / "s.sock")
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(path)
+    stale.close()  # the file stays, nobody listens: a crashed server's leftover
+    port = UNIXPort(path, EchoFactory(), mode=0o600)
+    port.startListening()
+    try:
+        assert oct(os.stat(path).st_mode & 0o777) == oct(0o600)
+        with pytest.raises(PortError, match="another process serves it"):
+            UNIXPort(path, EchoFactory()).startListening()
+    finally:
+        port.stopListening()
+    assert not os.path.exists(path)
