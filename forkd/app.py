@@ -57,13 +57,17 @@ class Application:
         self, port: int, factory: Any, backlog: int = DEFAULT_BACKLOG, interface: str = ""
     ) -> TCPPort:
         """Serve `factory` on TCP `port` (on every IPv4 address unless `interface` says)."""
-        return self.addPort(TCPPort(port, factory, backlog=backlog, interface=interface))
+        tcp = TCPPort(port, factory, backlog=backlog, interface=interface)
+        self.addPort(tcp)
+        return tcp
 
     def listenUNIX(
         self, filename: str, factory: Any, backlog: int = DEFAULT_BACKLOG, mode: int = 0o666
     ) -> UNIXPort:
         """Serve `factory` on a UNIX-domain socket at `filename`."""
-        return self.addPort(UNIXPort(filename, factory, backlog=backlog, mode=mode))
+        unix = UNIXPort(filename, factory, backlog=backlog, mode=mode)
+        self.addPort(unix)
+        return unix
 
     def addPort(self, port: Any) -> Any:
         """Add a port of any transport type (see forkd.ports for the interface)."""

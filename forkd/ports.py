@@ -30,6 +30,8 @@ from typing import Any, Protocol
 
 from forkd.protocol import protocol_factory
 
+Socket = socket.socket  # the class attribute `socket` below shadows the module there
+
 DEFAULT_BACKLOG = 511  # nginx's default; the kernel caps it at net.core.somaxconn
 
 
@@ -66,7 +68,7 @@ def port_key(port: Any) -> str:
 class _SocketPort:
     """What TCP and UNIX ports share: the socket's life and pickling."""
 
-    socket: socket.socket | None = None
+    socket: Socket | None = None
     backlog = DEFAULT_BACKLOG
     factory: Any
 
@@ -95,7 +97,7 @@ class _SocketPort:
             self.socket.close()
             self.socket = None
 
-    def _listen(self, sock: socket.socket, address: Any, shown: str) -> None:
+    def _listen(self, sock: Socket, address: Any, shown: str) -> None:
         try:
             sock.bind(address)
             sock.listen(self.backlog)

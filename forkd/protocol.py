@@ -159,7 +159,7 @@ class Protocol(asyncio.Protocol):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "dataReceived" in cls.__dict__ and "data_received" not in cls.__dict__:
-            cls.data_received = cls.__dict__["dataReceived"]  # type: ignore[method-assign]
+            cls.data_received = cls.__dict__["dataReceived"]
         if "connectionLost" in cls.__dict__:
             cls._lost_takes_reason = _takes_reason(cls.__dict__["connectionLost"])
 
@@ -186,7 +186,7 @@ class Protocol(asyncio.Protocol):
     # -- asyncio's interface -------------------------------------------------------------
     data_received = dataReceived
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         stats.accepted += 1
         stats.open.add(self)
         self.makeConnection(Transport(transport), self.server)
@@ -202,7 +202,7 @@ class Protocol(asyncio.Protocol):
         if self._lost_takes_reason:
             self.connectionLost(reason)
         else:
-            self.connectionLost()  # type: ignore[call-arg]
+            self.connectionLost()
 
     def pause_writing(self) -> None:
         transport = self.transport
@@ -255,7 +255,7 @@ class _Deferred(asyncio.Protocol):
         self.factory = factory
         self.server = server
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         sock = transport.get_extra_info("socket")
         addr = address_tuple(
             transport.get_extra_info("peername"), sock.family if sock is not None else None

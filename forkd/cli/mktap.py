@@ -116,10 +116,10 @@ def make(args: argparse.Namespace) -> str:
         raise Failure(str(error)) from None
     application.tapfile = os.path.abspath(path)
     try:
-        application.save()
+        written: str = application.save()
     except OSError as error:
         raise Failure(f"cannot write {path}: {error.strerror or error}") from None
-    return path
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:
