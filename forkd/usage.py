@@ -91,6 +91,13 @@ def _normalize(name: str) -> str:
     return name.replace("_", "-")
 
 
+def _printable(text: str) -> str:
+    """User text as it goes into an error message, kept to one line a terminal can show."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 def _clean_doc(doc: str | None) -> str:
     """One paragraph of help text from a declaration or a (multi-line) docstring."""
     return " ".join((doc or "").split())
@@ -168,16 +175,13 @@ class _OptionTable:
                 method=method,
                 stored=base is not None,
             )
-            self._add(option, longs + shorts)
+            self._add(option, longs, shorts)
 
-    def _add(self, option: _Option, names: Iterable[str]) -> None:
-        for name in names:
-            if len(name) == 1:
-                self._claim_short(name, option)
-            else:
-                self.by_long[_normalize(name)] = option
-        if option.short:
-            self._claim_short(option.short, option)
+    def _add(self, option: _Option, longs: Iterable[str], shorts: Iterable[str] = ()) -> None:
+        for name in longs:
+            self.by_long[_normalize(name)] = option
+        for letter in [*shorts, option.short] if option.short else shorts:
+            self._claim_short(letter, option)
 
     def _claim_short(self, letter: str, option: _Option) -> None:
         if len(letter) != 1 or letter == "-":
@@ -199,9 +203,9 @@ class _OptionTable:
             return self.by_long[wanted]
         found = {id(o): o for n, o in self.by_long.items() if wanted and n.startswith(wanted)}
         if not found:
-            raise UsageError(f"option --{name} not recognized")
+            raise UsageError(f"option --{_printable(name)} not recognized")
         if len(found) > 1:
-            raise UsageError(f"option --{name} not a unique prefix")
+            raise UsageError(f"option --{_printable(name)} not a unique prefix")
         return next(iter(found.values()))
 
 
@@ -233,7 +237,7 @@ def _split_argv(table: _OptionTable, argv: list[str]) -> tuple[_Parsed, list[str
             for j, letter in enumerate(letters):
                 short = table.by_short.get(letter)
                 if short is None:
-                    raise UsageError(f"option -{letter} not recognized")
+                    raise UsageError(f"option -{_printable(letter)} not recognized")
                 if not short.takes_value:
                     found.append((short, None))
                     continue
@@ -351,7 +355,9 @@ class Options(dict[str, Any]):
             try:
                 self[option.key] = option.coerce(value)
             except ValueError as e:
-                raise UsageError(f"Parameter type enforcement failed: {e}") from None
+                raise UsageError(
+                    f"Parameter type enforcement failed: {_printable(str(e))}"
+                ) from None
         else:
             self[option.key] = 1
 
@@ -365,7 +371,7 @@ class Options(dict[str, Any]):
                 object.__setattr__(sub, "parent", self)
                 sub.parseOptions(rest)
                 return
-        raise UsageError(f"Unknown command: {name}")
+        raise UsageError(f"Unknown command: {_printable(str(name))}")
 
     def postOptions(self) -> None:
         """Override to check or derive values once every option has been seen."""
@@ -430,7 +436,7 @@ def _option_column(option: _Option) -> str:
 
 def _option_doc(option: _Option) -> str:
     doc = option.doc
-    if option.takes_value and option.method is None and option.default is not None:
+    if option.takes_value and option.stored and option.default is not None:
         doc = f"{doc} [default: {option.default}]".strip()
     coerce_doc = getattr(option.coerce, "coerceDoc", "") if option.method is None else ""
     if option.takes_value and coerce_doc:
