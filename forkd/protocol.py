@@ -110,6 +110,15 @@ class Transport:
         """True once loseConnection (or abort) has been called or the peer has gone."""
         return self._transport.is_closing()
 
+    def writeEOF(self) -> None:
+        """Half-close: send FIN after pending data, keep reading (HTTP's lingering close)."""
+        if self._transport.can_write_eof():  # type: ignore[attr-defined]
+            self._transport.write_eof()  # type: ignore[attr-defined]
+
+    def getWriteBufferSize(self) -> int:
+        """Bytes written but not yet accepted by the kernel."""
+        return int(self._transport.get_write_buffer_size())  # type: ignore[attr-defined]
+
     def stopProducing(self) -> None:
         self._transport.abort()  # type: ignore[attr-defined]
 

@@ -1,0 +1,343 @@
+"""HTTPChannel: the HTTP/1.x server protocol (one instance per connection).
+
+Wire handling, the way nginx does it:
+
+- httptools (llhttp) parses; its callbacks are this class's `on_*` methods. A request is
+  dispatched when its message is complete; responses go out in request order (pipelining):
+  requests that arrive while a response is still being written (NOT_DONE_YET) wait in a
+  queue, and reading pauses when the queue is `Site.maxPipelined` long.
+- Keep-alive follows each version's rules (1.1 unless `Connection: close`; 1.0 only with
+  `Connection: keep-alive`, echoed back). `Expect: 100-continue` is answered when the body
+  is acceptable. An `Upgrade` or CONNECT request is answered and the connection closed.
+- Limits: malformed request 400; unknown method 501; URL plus header block over
+  `Site.maxHeaderSize` 431; body over `Site.maxBodySize` 413 (from Content-Length before
+  the body is read, or while a chunked body arrives); headers not complete within
+  `Site.headerTimeout` or a body stalled for `Site.bodyTimeout` 408. Every error response
+  says `Connection: close` and the connection is closed after it.
+- Idle connections: closed silently after `Site.keepAliveTimeout` between requests (the
+  first request gets `headerTimeout`). Timeouts are checked by one timer per Site (see
+  forkd.web.timeouts), so a request costs an attribute store, not a timer.
+- Backpressure: while the transport's write buffer is over its high-water mark, reading
+  pauses (no new requests are parsed for a peer that is not reading the answers) and a
+  registered producer (a file being sent) pauses too.
+- Graceful drain (`connectionDraining`): an idle connection closes at once; otherwise the
+  response in progress (and any already received behind it) is finished, the last one with
+  `Connection: close`, and then the connection closes. A keep-alive client never loses a
+  request it sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import deque
+from typing import Any
+
+from httptools import (
+    HttpParserError,
+    HttpParserInvalidMethodError,
+    HttpParserUpgrade,
+    HttpRequestParser,
+)
+
+from forkd.protocol import Protocol, stats
+from forkd.web.dates import date_header
+from forkd.web.headers import reason_phrase, status_line
+from forkd.web.request import SERVER, Request
+
+log = logging.getLogger("forkd.web")
+
+IDLE, HEADERS, BODY = 0, 1, 2  # what the parser is in the middle of
+_PAUSED_WRITE, _PAUSED_QUEUE, _PAUSED_CLOSING = 1, 2, 4
+_VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0", "0.9": b"HTTP/1.0"}
+_METHOD_LIKE = re.compile(rb"(?:^|\n)[!#$%&'*+.^_`|~0-9A-Za-z-]+(?: |$)")
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class _Reject(Exception):
+    """Raised inside a parser callback to answer the request with an error status."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def error_response(code: int) -> bytes:
+    """A complete `Connection: close` response with a one-line text body."""
+    body = b"%d %s\n" % (code, reason_phrase(code))
+    return b"".join(
+        (
+            status_line(code),
+            date_header(),
+            SERVER,
+            b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n" % len(body),
+            b"Connection: close\r\n\r\n",
+            body,
+        )
+    )
+
+
+class HTTPChannel(Protocol):
+    """An HTTP/1.0 and 1.1 server connection for a Site (`self.factory`)."""
+
+    requestFactory = Request
+
+    def connectionMade(self) -> None:
+        site = self.factory
+        self._site = site
+        self._parser = HttpRequestParser(self)
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._hexact = 0  # header bytes seen by callbacks
+        self._hchunks = 0  # bytes of chunks that arrived while the header block was open
+        self._request: Request | None = None  # being received
+        self._active: Request | None = None  # being answered
+        self._queue: deque[Request | int] = deque()
+        self._state = IDLE
+        self._served = 0
+        self._draining = False
+        self._closing = False  # no more requests will be read or answered beyond the queue
+        self._paused = 0
+        self._lingering = False
+        self._producer: Any = None
+        self._timeouts = site._timeoutsFor()
+        self._since = self._timeouts.now
+        self._timeouts.add(self)
+
+    # -- reading --------------------------------------------------------------------------
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if self._state == HEADERS:
+            self._hchunks += len(data)
+        try:
+            self._parser.feed_data(data)
+        except HttpParserUpgrade:
+            # The upgrade request itself was answered (with Connection: close); whatever
+            # follows it is another protocol we do not speak.
+            self._closing = True
+            return
+        except HttpParserInvalidMethodError:
+            # A well-formed method token we do not know is 501 (as RFC 9110 says); a request
+            # line that is not a token at all is simply malformed.
+            self._fail(501 if _METHOD_LIKE.search(data) else 400)
+            return
+        except HttpParserError as e:
+            cause = e.__context__
+            if isinstance(cause, _Reject):
+                self._fail(cause.code)
+            else:
+                if cause is not None:
+                    log.error("HTTP channel error", exc_info=cause)
+                self._fail(400)
+            return
+        if self._state == HEADERS and self._hchunks > self._site.maxHeaderSize:
+            self._fail(431)
+
+    def on_message_begin(self) -> None:
+        self._state = HEADERS
+        self._since = self._timeouts.now
+        self._url = b""
+        self._headers = []
+        self._hexact = 0
+        self._hchunks = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._hexact += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+        self._hexact += len(name) + len(value) + 4
+
+    def on_headers_complete(self) -> None:
+        site = self._site
+        if self._hexact > site.maxHeaderSize:
+            raise _Reject(431)
+        parser = self._parser
+        method = parser.get_method()
+        keep = parser.should_keep_alive()
+        length = -1
+        expect = False
+        for name, value in self._headers:
+            size = len(name)
+            if size == 14 and name.lower() == b"content-length":
+                length = int(value)
+            elif size == 6 and name.lower() == b"expect":
+                expect = value.lower() == b"100-continue"
+            elif size == 7 and name.lower() == b"upgrade":
+                keep = False
+        if method == b"CONNECT":
+            keep = False
+        self._request = self.requestFactory(
+            self,
+            method,
+            self._url,
+            _VERSIONS.get(parser.get_http_version(), b"HTTP/1.1"),
+            self._headers,
+            keep,
+        )
+        self._state = BODY
+        self._since = self._timeouts.now
+        if length > site.maxBodySize:
+            raise _Reject(413)
+        if expect and self._active is None and not self._queue:
+            self.transport.write(CONTINUE)
+
+    def on_body(self, body: bytes) -> None:
+        request = self._request
+        if request is None:
+            return
+        size = request._bodySize + len(body)
+        if size > self._site.maxBodySize:
+            raise _Reject(413)
+        request._bodySize = size
+        request.content.write(body)
+        self._since = self._timeouts.now
+
+    def on_message_complete(self) -> None:
+        request = self._request
+        self._request = None
+        self._state = IDLE
+        self._since = self._timeouts.now
+        if request is None or self._closing:
+            return
+        stats.requests += 1
+        if request._content is not None:
+            request._content.seek(0)
+        if self._active is None and not self._queue:
+            self._active = request
+            request.process()
+        else:
+            self._queue.append(request)
+            if len(self._queue) >= self._site.maxPipelined:
+                self._pauseReading(_PAUSED_QUEUE)
+
+    # -- answering ------------------------------------------------------------------------
+    def _hasMore(self) -> bool:
+        """Whether the client has sent (part of) another request we must still answer."""
+        return bool(self._queue) or self._state != IDLE
+
+    def _requestDone(self, request: Request) -> None:
+        """Called by Request when its response is complete: close, or answer the next."""
+        if request is not self._active:
+            return
+        self._active = None
+        self._served += 1
+        if not request._keep:
+            self._closing = True
+            self.transport.loseConnection()
+            return
+        if self._queue:
+            self._answerQueued()
+        elif self._draining and self._state == IDLE:
+            self._closing = True
+            self.transport.loseConnection()
+
+    def _answerQueued(self) -> None:
+        queue = self._queue
+        while queue and self._active is None and self.connected:
+            item = queue.popleft()
+            if isinstance(item, int):
+                self._writeError(item)
+                return
+            self._active = item
+            item.process()
+        if self._paused & _PAUSED_QUEUE and len(queue) < self._site.maxPipelined // 2 + 1:
+            self._resumeReading(_PAUSED_QUEUE)
+
+    def _fail(self, code: int) -> None:
+        """Answer with an error status after anything already received, then close."""
+        self._closing = True
+        self._request = None
+        self._state = IDLE
+        self._pauseReading(_PAUSED_CLOSING)
+        if self._active is None and not self._queue:
+            self._writeError(code)
+        else:
+            self._queue.append(code)
+
+    def _writeError(self, code: int) -> None:
+        """Send the error and close like nginx's lingering close: shut down our side and
+        discard what the peer still sends for a moment, because closing a socket with
+        unread input makes the kernel send a reset that can destroy the response in
+        flight (a 413 or 431 answered while the client is still uploading)."""
+        self._closing = True
+        transport = self.transport
+        transport.write(error_response(code))
+        inner = getattr(transport, "_transport", None)
+        if inner is not None and inner.can_write_eof():
+            inner.write_eof()
+            self._lingering = True
+            self._since = self._timeouts.now
+            self._resumeReading(_PAUSED_CLOSING | _PAUSED_QUEUE | _PAUSED_WRITE)
+        else:
+            transport.loseConnection()
+
+    # -- flow control ---------------------------------------------------------------------
+    def _pauseReading(self, why: int) -> None:
+        if not self._paused:
+            self.transport.pauseProducing()
+        self._paused |= why
+
+    def _resumeReading(self, why: int) -> None:
+        if not self._paused & why:
+            return
+        self._paused &= ~why
+        if not self._paused and self.connected and (self._lingering or not self._closing):
+            self.transport.resumeProducing()
+
+    def registerProducer(self, producer: Any) -> None:
+        """Have `producer` paused and resumed with the write buffer (a file being sent)."""
+        self._producer = producer
+
+    def unregisterProducer(self) -> None:
+        self._producer = None
+
+    def pause_writing(self) -> None:
+        if self._producer is not None:
+            self._producer.pauseProducing()
+        self._pauseReading(_PAUSED_WRITE)
+
+    def resume_writing(self) -> None:
+        if self._producer is not None:
+            self._producer.resumeProducing()
+        self._resumeReading(_PAUSED_WRITE)
+
+    # -- timeouts and shutdown ------------------------------------------------------------
+    def checkTimeout(self, now: float) -> None:
+        """Called about every Site.timeoutResolution seconds by the Site's timer."""
+        if self._lingering:
+            if now - self._since >= self._site.lingerTimeout and self.connected:
+                self.transport.abortConnection()
+            return
+        if self._active is not None or self._closing or not self.connected:
+            return
+        site = self._site
+        state = self._state
+        elapsed = now - self._since
+        if state == IDLE:
+            limit = site.keepAliveTimeout if self._served else site.headerTimeout
+            if elapsed >= limit and not self._queue:
+                self._closing = True
+                self.transport.loseConnection()
+        elif state == HEADERS:
+            if elapsed >= site.headerTimeout:
+                self._fail(408)
+        elif elapsed >= site.bodyTimeout:
+            self._fail(408)
+
+    def connectionDraining(self) -> None:
+        """The worker is stopping: close if idle, else after the responses in progress."""
+        self._draining = True
+        if self._active is None and self._state == IDLE and not self._queue:
+            self._closing = True
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: BaseException | None = None) -> None:
+        self._timeouts.discard(self)
+        self._closing = True
+        self._queue.clear()
+        active = self._active
+        if active is not None:
+            active._connectionLost(reason or ConnectionError("connection lost"))

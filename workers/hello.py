@@ -1,0 +1,30 @@
+"""The hello tap: `Hello, world!` over HTTP, to measure forkd.web's own cost per request.
+
+mktap hello --port 8080 && forkd start hello.tap -w 2
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from forkd import usage
+from forkd.ports import TCPPort
+from forkd.web.hello import Hello
+from forkd.web.server import Site
+
+usage_message = """Answer every GET with `Hello, world!` (text/plain): the smallest HTTP
+server forkd.web makes, for benchmarks and smoke tests.
+"""
+
+
+class Options(usage.Options):
+    optParameters = [
+        ["port", "p", 8080, "TCP port to listen on.", usage.portCoerce],
+        ["interface", "i", "", "Address to listen on ('' = every IPv4 address, '::' = IPv6)."],
+        ["access-log", None, None, "Combined-format access log file, or - for stdout."],
+    ]
+
+
+def getPorts(app: Any, config: Any) -> list[tuple[Any, Site]]:
+    site = Site(Hello(), logPath=config["access-log"])
+    return [(TCPPort(config["port"], site, interface=config["interface"]), site)]

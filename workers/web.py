@@ -1,0 +1,90 @@
+"""The web tap: serve a directory (and optional virtual hosts) over HTTP with forkd.web.
+
+    mktap web --port 8080 --path /srv/www
+    mktap web --path /srv/default --vhost example.com=/srv/example --no-listing
+    forkd start web.tap
+
+Modelled on the seed's twisted.tap.web: `Options`, `usage_message`, `getPorts`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from forkd import usage
+from forkd.ports import TCPPort
+from forkd.web.resource import Resource
+from forkd.web.server import Site
+from forkd.web.static import File
+from forkd.web.vhost import NamedVirtualHost
+
+usage_message = """Serve a directory tree over HTTP/1.1 (keep-alive, pipelining, ranges,
+conditional requests, sendfile).
+
+--path is the document root (default: the current directory, stored as an absolute path).
+--vhost NAME=DIR serves DIR for requests whose Host is NAME (any port, any case); other
+hosts get --path. Directories without an index file are listed unless --no-listing.
+--access-log FILE (or - for standard output) writes a combined-format log, buffered.
+Change it live from `forkctl shell`:
+    application.ports[0].factory.resource.path = '/srv/other'
+"""
+
+
+def _directory(value: str, what: str) -> str:
+    path = os.path.abspath(os.path.expanduser(value))
+    if not os.path.isdir(path):
+        raise usage.UsageError(f"{what}: {value!r} is not a directory")
+    return path
+
+
+class Options(usage.Options):
+    optParameters = [
+        ["port", "p", 8080, "TCP port to listen on.", usage.portCoerce],
+        ["interface", "i", "", "Address to listen on ('' = every IPv4 address, '::' = IPv6)."],
+        ["path", None, None, "Directory to serve [default: the current directory]."],
+        ["access-log", None, None, "Combined-format access log file, or - for stdout."],
+    ]
+    optFlags = [
+        ["no-listing", None, "Answer 403 for directories without an index file."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["indexes"] = []
+        self["vhosts"] = []
+
+    def opt_index(self, name: str) -> None:
+        """Name of a directory's index file; repeat for several [default: index.html]."""
+        if not name or "/" in name:
+            raise usage.UsageError(f"--index takes a file name, not {name!r}")
+        self["indexes"].append(name)
+
+    def opt_vhost(self, spec: str) -> None:
+        """NAME=DIR: serve DIR for Host NAME (repeatable)."""
+        name, sep, directory = spec.partition("=")
+        if not sep or not name or not directory:
+            raise usage.UsageError(f"--vhost wants NAME=DIR, not {spec!r}")
+        self["vhosts"].append((name, _directory(directory, "--vhost")))
+
+    def postOptions(self) -> None:
+        self["path"] = _directory(self["path"] or os.getcwd(), "--path")
+
+
+def makeResource(config: Any) -> Resource:
+    """The resource tree the options describe: a File, or a NamedVirtualHost of Files."""
+    indexes = list(config["indexes"]) or ["index.html"]
+    listing = not config["no-listing"]
+    root = File(config["path"], indexNames=indexes, listing=listing)
+    if not config["vhosts"]:
+        return root
+    hosts = NamedVirtualHost()
+    hosts.default = root
+    for name, directory in config["vhosts"]:
+        hosts.addHost(name, File(directory, indexNames=indexes, listing=listing))
+    return hosts
+
+
+def getPorts(app: Any, config: Any) -> list[tuple[Any, Site]]:
+    site = Site(makeResource(config), logPath=config["access-log"])
+    return [(TCPPort(config["port"], site, interface=config["interface"]), site)]
