@@ -155,3 +155,157 @@ class Clock:
     @property
     def pending(self) -> list[DelayedCall]:
         return [call for _, _, call in sorted(self._queue) if not call.cancelled]
+
+
+# -- running a real forkd in tests ----------------------------------------------------------
+# (added with the master: helpers that start `forkd start -n` in a subprocess)
+
+import contextlib as _contextlib  # noqa: E402
+import os as _os  # noqa: E402
+import pathlib as _pathlib  # noqa: E402
+import signal as _signal  # noqa: E402
+import socket as _socket  # noqa: E402
+import subprocess as _subprocess  # noqa: E402
+import sys as _sys  # noqa: E402
+import time as _time  # noqa: E402
+
+REPO_ROOT = str(_pathlib.Path(__file__).resolve().parents[1])
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
+             message: str = "condition") -> Any:
+    """Poll `condition` until it returns something truthy; AssertionError after `timeout`."""
+    deadline = _time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if _time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        _time.sleep(interval)
+
+
+def forkd_env(extra_paths: Iterable[str] = ()) -> dict[str, str]:
+    """The environment a forkd subprocess needs to import the source tree (and test taps)."""
+    env = dict(_os.environ)
+    paths = [REPO_ROOT, *extra_paths]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = _os.pathsep.join(paths)
+    env.pop("NOTIFY_SOCKET", None)
+    return env
+
+
+def forkd_command(*args: str) -> list[str]:
+    return [_sys.executable, "-m", "forkd.cli.forkd", *args]
+
+
+class RunningForkd:
+    """`forkd start -n TAP` in a subprocess, for the length of a `with` block.
+
+    Entering waits for the master's READY=1 (it is given a private NOTIFY_SOCKET, as
+    systemd would), so the ports serve once `with` returns; leaving stops it (TERM, then
+    KILL after `stop_timeout`). `log()` is what it wrote to stderr."""
+
+    def __init__(self, tap: str, *args: str, workers: int = 2, extra_paths: Iterable[str] = (),
+                 ready_timeout: float = 20.0, stop_timeout: float = 20.0) -> None:
+        self.tap = str(tap)
+        self.args = list(args)
+        self.workers = workers
+        self.env = forkd_env(extra_paths)
+        self.ready_timeout = ready_timeout
+        self.stop_timeout = stop_timeout
+        self.process: _subprocess.Popen[bytes] | None = None
+        self.log_path = self.tap + ".test-stderr"
+        self.returncode: int | None = None
+
+    def __enter__(self) -> RunningForkd:
+        notify_path = self.tap + ".notify"
+        with _contextlib.suppress(FileNotFoundError):
+            _os.unlink(notify_path)
+        notify = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
+        notify.bind(notify_path)
+        env = dict(self.env, NOTIFY_SOCKET=notify_path)
+        command = forkd_command("start", self.tap, "-n", "-w", str(self.workers), *self.args)
+        with open(self.log_path, "wb") as stderr:
+            self.process = _subprocess.Popen(command, env=env, stderr=stderr,
+                                             stdout=_subprocess.DEVNULL)
+        try:
+            deadline = _time.monotonic() + self.ready_timeout
+            while True:
+                notify.settimeout(0.1)
+                try:
+                    if b"READY=1" in notify.recv(4096):
+                        return self
+                except TimeoutError:
+                    pass
+                if self.process.poll() is not None:
+                    raise AssertionError(f"forkd exited {self.process.returncode}: {self.log()}")
+                if _time.monotonic() > deadline:
+                    self.stop()
+                    raise AssertionError(f"forkd not ready in {self.ready_timeout}s: {self.log()}")
+        finally:
+            notify.close()
+            with _contextlib.suppress(FileNotFoundError):
+                _os.unlink(notify_path)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def log(self) -> str:
+        with _contextlib.suppress(OSError), open(self.log_path, encoding="utf-8",
+                                                  errors="replace") as handle:
+            return handle.read()
+        return ""
+
+    def signal(self, signum: int) -> None:
+        _os.kill(self.pid, signum)
+
+    def worker_pids(self) -> set[int]:
+        """Pids of the master's live worker processes (by their process title)."""
+        import psutil
+
+        pids = set()
+        with _contextlib.suppress(psutil.Error):
+            for child in psutil.Process(self.pid).children():
+                with _contextlib.suppress(psutil.Error):
+                    if "forkd: worker" in " ".join(child.cmdline()) and child.status() != "zombie":
+                        pids.add(child.pid)
+        return pids
+
+    def wait_workers(self, count: int, timeout: float = 15.0,
+                     exclude: Iterable[int] = ()) -> set[int]:
+        """Wait until exactly `count` workers run (none of them in `exclude`)."""
+        excluded = set(exclude)
+
+        def settled() -> set[int] | None:
+            pids = self.worker_pids()
+            return pids if len(pids) == count and not pids & excluded else None
+
+        return set(wait_for(settled, timeout, message=f"{count} workers: {self.log()[-2000:]}"))
+
+    def stop(self, signum: int = _signal.SIGTERM) -> int:
+        if self.process is None:
+            return -1
+        if self.process.poll() is None:
+            with _contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signum)
+            try:
+                self.process.wait(self.stop_timeout)
+            except _subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.returncode = self.process.returncode
+        return self.returncode

@@ -17,6 +17,10 @@ Wire handling, the way nginx does it:
 - Idle connections: closed silently after `Site.keepAliveTimeout` between requests (the
   first request gets `headerTimeout`). Timeouts are checked by one timer per Site (see
   forkd.web.timeouts), so a request costs an attribute store, not a timer.
+- Send timeout (nginx's send_timeout): output that waits on the peer (forkd.web.outqueue)
+  for `Site.sendTimeout` with no progress aborts the connection, so a client that stops
+  reading a response cannot hold the worker's memory, file and socket for ever. Any
+  progress restarts the clock; a slow reader is never cut.
 - Backpressure: while the transport's write buffer is over its high-water mark, reading
   pauses (no new requests are parsed for a peer that is not reading the answers) and a
   registered producer (a file being sent) pauses too.
@@ -43,7 +47,9 @@ from httptools import (
 from forkd.protocol import Protocol, stats
 from forkd.web.dates import date_header
 from forkd.web.headers import reason_phrase, status_line
-from forkd.web.request import SERVER, Request
+from forkd.web.outqueue import unsent
+from forkd.web.request import Request
+from forkd.web.response import SERVER
 
 log = logging.getLogger("forkd.web")
 
@@ -100,6 +106,9 @@ class HTTPChannel(Protocol):
         self._paused = 0
         self._lingering = False
         self._producer: Any = None
+        self._written = 0  # bytes Request.write sent since the last sweep
+        self._sendPending = 0  # unsent output at the last sweep
+        self._sendSince = 0.0  # when that output last made progress
         self._timeouts = site._timeoutsFor()
         self._since = self._timeouts.now
         self._timeouts.add(self)
@@ -265,9 +274,11 @@ class HTTPChannel(Protocol):
         self._closing = True
         transport = self.transport
         transport.write(error_response(code))
-        inner = getattr(transport, "_transport", None)
-        if inner is not None and inner.can_write_eof():
-            inner.write_eof()
+        write_eof = getattr(transport, "writeEOF", None)
+        extra = getattr(transport, "get_extra_info", None)
+        # TLS cannot half-close (Transport.writeEOF then does nothing): close normally.
+        if write_eof is not None and (extra is None or extra("sslcontext") is None):
+            write_eof()
             self._lingering = True
             self._since = self._timeouts.now
             self._resumeReading(_PAUSED_CLOSING | _PAUSED_QUEUE | _PAUSED_WRITE)
@@ -311,7 +322,16 @@ class HTTPChannel(Protocol):
             if now - self._since >= self._site.lingerTimeout and self.connected:
                 self.transport.abortConnection()
             return
-        if self._active is not None or self._closing or not self.connected:
+        if not self.connected:
+            return
+        if self._sendStalled(now):
+            # Checked before anything else: a response already finished (or a connection
+            # already told to close after flushing) can be the one stuck in the buffer.
+            log.info("send timeout: %r stopped reading, connection aborted", self._peer())
+            self._closing = True
+            self.transport.abortConnection()
+            return
+        if self._active is not None or self._closing:
             return
         site = self._site
         state = self._state
@@ -326,6 +346,32 @@ class HTTPChannel(Protocol):
                 self._fail(408)
         elif elapsed >= site.bodyTimeout:
             self._fail(408)
+
+    def _sendStalled(self, now: float) -> bool:
+        """Whether output has waited on the peer for Site.sendTimeout with no progress.
+
+        Progress is any change of the unsent bytes that the writes counted in `_written`
+        do not explain: fewer means the peer took some; more means a write we do not
+        count (a whole response from the fast path, which stops once reading pauses at
+        the high-water mark) and gets the benefit of the doubt."""
+        active = self._active
+        pending = unsent(self.transport, active._sender if active is not None else None)
+        written = self._written
+        self._written = 0
+        last = self._sendPending
+        self._sendPending = pending
+        if not pending:
+            return False
+        if not last or pending != last + written:
+            self._sendSince = now
+            return False
+        return bool(now - self._sendSince >= self._site.sendTimeout)
+
+    def _peer(self) -> Any:
+        try:
+            return self.transport.getPeer()
+        except Exception:  # a peer address is only for the log line
+            return None
 
     def connectionDraining(self) -> None:
         """The worker is stopping: close if idle, else after the responses in progress."""

@@ -5,7 +5,9 @@ write buffer (so bytes cannot be reordered), `os.sendfile` moves the file straig
 page cache to the socket. It runs on a dup of the socket's descriptor, because event loops
 refuse reader/writer callbacks on a descriptor a transport owns; when the socket is full
 (EAGAIN) it waits for writability with `loop.add_writer` on that dup. Nothing else writes to
-the connection meanwhile: later pipelined responses wait for this request to finish.
+the connection meanwhile: later pipelined responses wait for this request to finish. While
+it waits, `unsent` tells the channel's send timeout how much is left, so a peer that stops
+reading is cut after Site.sendTimeout (forkd.web.outqueue).
 
 Otherwise (a fake transport in tests, an SSL transport, data already buffered) it copies:
 `os.pread` chunks into `request.write`, registered as the channel's producer so it pauses
@@ -22,9 +24,10 @@ CHUNK = 64 * 1024
 SENDFILE_CHUNK = 4 * 1024 * 1024
 
 
-def _loop_transport(transport: Any) -> Any:
-    """The asyncio transport under a forkd Transport (or None for fakes)."""
-    return getattr(transport, "_transport", None)
+def _extra_info(transport: Any, name: str) -> Any:
+    """transport.get_extra_info(name), or None for fakes that have no such method."""
+    getter = getattr(transport, "get_extra_info", None)
+    return getter(name) if getter is not None else None
 
 
 class FileSender:
@@ -45,13 +48,15 @@ class FileSender:
 
     def start(self) -> None:
         channel = self.request.channel
-        inner = _loop_transport(channel.transport)
-        sock = inner.get_extra_info("socket") if inner is not None else None
+        transport = channel.transport
+        sock = _extra_info(transport, "socket")
+        buffered = getattr(transport, "getWriteBufferSize", None)
         if (
             sock is not None
+            and buffered is not None
             and hasattr(os, "sendfile")
-            and inner.get_extra_info("sslcontext") is None
-            and inner.get_write_buffer_size() == 0
+            and _extra_info(transport, "sslcontext") is None
+            and buffered() == 0
         ):
             try:
                 self._loop = asyncio.get_running_loop()
@@ -63,6 +68,12 @@ class FileSender:
                 return
         channel.registerProducer(self)
         self._copy()
+
+    @property
+    def unsent(self) -> int:
+        """Bytes still to send while the zero-copy path waits for the socket, else 0 (the
+        copying path's bytes are in the transport's buffer, counted there)."""
+        return self.remaining if self._waiting and not self.stopped else 0
 
     # -- zero copy ------------------------------------------------------------------------
     def _send(self) -> None:

@@ -44,6 +44,9 @@ class Site(Factory):
     bodyTimeout = 60.0
     #: seconds an idle keep-alive connection is kept (nginx keepalive_timeout 75s)
     keepAliveTimeout = 75.0
+    #: seconds output may wait on a peer that takes none of it before the connection is
+    #: aborted (nginx send_timeout 60s); any progress restarts the clock
+    sendTimeout = 60.0
     #: seconds input is read and discarded after an error response before closing
     lingerTimeout = 2.0
     #: pipelined requests held while a response is in progress before reading pauses
@@ -81,7 +84,11 @@ class Site(Factory):
     def timeoutResolution(self) -> float:
         """How often timeouts are checked: a quarter of the shortest, at most a second."""
         shortest = min(
-            self.headerTimeout, self.bodyTimeout, self.keepAliveTimeout, self.lingerTimeout
+            self.headerTimeout,
+            self.bodyTimeout,
+            self.keepAliveTimeout,
+            self.lingerTimeout,
+            self.sendTimeout,
         )
         return max(0.01, min(1.0, shortest / 4))
 

@@ -1,0 +1,87 @@
+"""forkctl: control a running forkd master over its control socket.
+
+    forkctl [-c CTL] status [--json] | append NAME [opts] | remove ADDR | restart | reload
+            | save [TAG] | scale N|+N|-N | reopen | stop [--now] | shell
+
+The socket is `-c CTL`, else `$FORKD_CONTROL`, else the only `*.ctl` file in the current
+directory. Exit status 0 on success; otherwise one line on stderr and 1 (2 for bad usage).
+The commands themselves (arguments, help, rendering) live in forkd.commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+
+from forkd.commands import COMMANDS, summary
+from forkd.control_client import ControlError, request
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class NoSocket(Exception):
+    """No control socket could be chosen; the message says what to do."""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="forkctl",
+        description="Control a running forkd master over its control socket.",
+        epilog="Without -c: $FORKD_CONTROL, else the only *.ctl file in this directory.",
+    )
+    p.add_argument("-c", "--control", metavar="CTL", help="the master's control socket")
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="give up waiting for the answer after SECONDS")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module in COMMANDS.items():
+        command = sub.add_parser(
+            name, help=summary(module), description=module.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(command)
+    return p
+
+
+def find_socket(given: str | None, directory: str = ".") -> str:
+    """-c, else $FORKD_CONTROL, else the one *.ctl in `directory`."""
+    if given:
+        return given
+    environment = os.environ.get("FORKD_CONTROL")
+    if environment:
+        return environment
+    found = sorted(glob.glob(os.path.join(directory, "*.ctl")))
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise NoSocket("no *.ctl control socket here; give one with -c or $FORKD_CONTROL")
+    names = ", ".join(os.path.basename(path) for path in found)
+    raise NoSocket(f"several control sockets here ({names}); choose one with -c")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    module = COMMANDS[args.command]
+    try:
+        path = find_socket(args.control)
+        timeout = args.timeout if args.timeout is not None else module.timeout
+        interact = getattr(module, "interact", None)
+        if interact is not None:
+            return int(interact(path, timeout=timeout))
+        result = request(path, module.name, module.request_args(args), timeout=timeout)
+    except (NoSocket, ControlError) as error:
+        print(f"forkctl: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("forkctl: interrupted", file=sys.stderr)
+        return EXIT_FAILURE
+    text = module.render(result, args)
+    if text:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""forkd: run a .tap file as a pre-fork server, stop it, ask how it is.
+
+    forkd start FILE.tap [-n] [-l LOG|-] [-w N] [--pidfile P] [--control P] [-u USER]
+                [-g GROUP] [--graceful-timeout S] [--timeout S] [--no-save]
+    forkd stop FILE.tap [--now] [--pidfile P]
+    forkd status FILE.tap [--pidfile P] [--control P] [--json]
+
+`start` daemonizes unless -n and returns only once every port is bound and every worker is
+ready (exit 0); otherwise it prints the reason on one line and exits 1. Exit 2: bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+import time
+from typing import Any
+
+EXIT_FAILURE = 1
+STOP_WAIT = 120.0
+
+
+class Failure(Exception):
+    """A user-facing error: one line on stderr, exit 1."""
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def worker_count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"not a worker count: {text!r}")
+    return int(text)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="forkd", description="Run a .tap file as a pre-fork server.")
+    commands = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    start = commands.add_parser("start", help="start serving FILE.tap")
+    start.add_argument("tap", metavar="FILE.tap")
+    start.add_argument("-n", "--nodaemon", action="store_true", help="stay in the foreground")
+    start.add_argument("-l", "--logfile", metavar="LOG", help="log file, or - for stderr "
+                       "(default: stderr with -n, else <base>.log beside the tap)")
+    start.add_argument("-w", "--workers", type=worker_count, default=None,
+                       help="worker processes (default: the number of CPUs)")
+    start.add_argument("--pidfile", metavar="P", help="default <base>.pid beside the tap")
+    start.add_argument("--control", metavar="P", help="control socket, default <base>.ctl")
+    start.add_argument("-u", "--uid", metavar="USER", help="run as USER (default: the tap's)")
+    start.add_argument("-g", "--gid", metavar="GROUP", help="run as GROUP (default: the tap's)")
+    start.add_argument("--graceful-timeout", type=positive_float, default=30.0, metavar="S",
+                       help="seconds a stopping worker may take to finish (default 30)")
+    start.add_argument("--timeout", type=positive_float, default=30.0, metavar="S",
+                       help="kill a worker silent this long (default 30)")
+    start.add_argument("--no-save", action="store_true",
+                       help="do not write <base>-shutdown.tap on stop")
+    stop = commands.add_parser("stop", help="stop the server of FILE.tap")
+    stop.add_argument("tap", metavar="FILE.tap")
+    stop.add_argument("--now", action="store_true", help="fast stop: do not drain")
+    stop.add_argument("--pidfile", metavar="P")
+    status = commands.add_parser("status", help="is FILE.tap served, and how")
+    status.add_argument("tap", metavar="FILE.tap")
+    status.add_argument("--pidfile", metavar="P")
+    status.add_argument("--control", metavar="P")
+    status.add_argument("--json", action="store_true")
+    return p
+
+
+def beside(tap: str, suffix: str) -> str:
+    base = tap[: -len(".tap")] if tap.endswith(".tap") else tap
+    return base + suffix
+
+
+# -- start ---------------------------------------------------------------------------------
+def start(args: argparse.Namespace, argv: list[str]) -> int:
+    from forkd import daemon, logs, privileges, tapfile
+    from forkd.master import Master, MasterConfig
+    from forkd.pidfile import AlreadyRunning, PidFile, running_pid
+    from forkd.ports import PortError
+
+    tap = os.path.abspath(args.tap)
+    pid_path = os.path.abspath(args.pidfile or beside(tap, ".pid"))
+    try:
+        application = tapfile.load(tap)
+    except tapfile.TapError as error:
+        raise Failure(str(error)) from None
+    try:
+        uid = privileges.resolve_user(args.uid if args.uid is not None else application.uid)
+        gid = privileges.resolve_group(args.gid if args.gid is not None else application.gid)
+    except privileges.PrivilegeError as error:
+        raise Failure(str(error)) from None
+    holder = running_pid(pid_path)
+    if holder is not None:
+        raise Failure(f"{os.path.basename(tap)} is already running (pid {holder})")
+    if args.logfile:
+        log_target = args.logfile if args.logfile == "-" else os.path.abspath(args.logfile)
+    else:
+        log_target = "-" if args.nodaemon else beside(tap, ".log")
+
+    readiness = daemon.Readiness() if args.nodaemon else daemon.daemonize()
+    # -- from here on, in the daemon when daemonized: report failures through readiness
+    def fail(reason: str) -> int:
+        readiness.failed(reason)
+        if args.nodaemon:
+            print(f"forkd: {reason}", file=sys.stderr)
+        return EXIT_FAILURE
+
+    try:
+        log_setup = logs.LogSetup(log_target, redirect_std=not args.nodaemon)
+    except OSError as error:
+        return fail(f"cannot open the log file {log_target}: {error.strerror or error}")
+    pidfile = PidFile(pid_path)
+    try:
+        pidfile.acquire()
+    except AlreadyRunning as error:
+        return fail(str(error))
+    except OSError as error:
+        return fail(f"cannot write the pidfile {pid_path}: {error.strerror or error}")
+    config = MasterConfig(
+        graceful_timeout=args.graceful_timeout,
+        timeout=args.timeout,
+        save_on_stop=not args.no_save,
+        control_path=os.path.abspath(args.control or beside(tap, ".ctl")),
+        pidfile_path=pid_path,
+        argv=argv,
+    )
+    if args.workers is not None:
+        config.workers = args.workers
+    master = Master(application, config, log_setup, readiness, pidfile)
+    try:
+        master.bind_ports()
+        master.start_control()
+        privileges.drop(uid, gid)
+    except (PortError, privileges.PrivilegeError, OSError, ValueError) as error:
+        pidfile.release()
+        return fail(str(error))
+    code = master.run()
+    if code and args.nodaemon and master.stop_reason:
+        print(f"forkd: {master.stop_reason}", file=sys.stderr)
+    return code
+
+
+def resume(state: dict[str, Any]) -> int:
+    """The second half of a reload: this process is the re-executed master."""
+    from forkd import logs, reexec
+
+    log_setup = logs.LogSetup(state.get("log") or "-", redirect_std=bool(state.get("log_redirect")))
+    master = reexec.resume(state, log_setup)
+    return int(master.run())
+
+
+# -- stop and status -----------------------------------------------------------------------
+def master_pid(args: argparse.Namespace) -> int:
+    from forkd.pidfile import running_pid
+
+    tap = os.path.abspath(args.tap)
+    pid = running_pid(os.path.abspath(args.pidfile or beside(tap, ".pid")))
+    if pid is None:
+        raise Failure(f"{os.path.basename(tap)} is not running")
+    return pid
+
+
+def stop(args: argparse.Namespace) -> int:
+    pid = master_pid(args)
+    os.kill(pid, signal.SIGQUIT if args.now else signal.SIGTERM)
+    deadline = time.monotonic() + STOP_WAIT
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            print(f"forkd: stopped (pid {pid})", file=sys.stderr)
+            return 0
+        time.sleep(0.05)
+    raise Failure(f"pid {pid} did not stop within {STOP_WAIT:.0f}s")
+
+
+def ask_control(path: str, command: str) -> dict[str, Any] | None:
+    """One request over the control socket (protocol in docs/INTERNALS.md), or None."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5.0)
+            sock.connect(path)
+            body = json.dumps({"version": 1, "id": 1, "command": command, "args": {}}).encode()
+            sock.sendall(struct.pack("!I", len(body)) + body)
+            header = sock.recv(4, socket.MSG_WAITALL)
+            (length,) = struct.unpack("!I", header)
+            data = b""
+            while len(data) < length:
+                chunk = sock.recv(length - len(data))
+                if not chunk:
+                    return None
+                data += chunk
+        reply = json.loads(data)
+    except (OSError, ValueError, struct.error):
+        return None
+    return reply if isinstance(reply, dict) else None
+
+
+def status(args: argparse.Namespace) -> int:
+    pid = master_pid(args)
+    tap = os.path.abspath(args.tap)
+    reply = ask_control(os.path.abspath(args.control or beside(tap, ".ctl")), "status")
+    if reply and reply.get("ok") and isinstance(reply.get("result"), dict):
+        result = reply["result"]
+    else:  # no control plane: what the process table says
+        import psutil
+
+        children = psutil.Process(pid).children()
+        result = {"pid": pid, "workers": [{"pid": c.pid} for c in children]}
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+        return 0
+    print(f"{os.path.basename(tap)}: running, master pid {pid}")
+    for worker in result.get("workers", []):
+        fields = " ".join(f"{k}={v}" for k, v in sorted(worker.items()) if k != "pid")
+        print(f"  worker pid {worker['pid']} {fields}".rstrip())
+    backoff = result.get("backoff") or {}
+    if backoff.get("failures"):
+        print(f"  backoff: {backoff['failures']} failure(s), next spawn in "
+              f"{backoff['next_spawn_in']}s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from forkd import reexec
+
+    state = reexec.read_state()
+    if state is not None:
+        return resume(state)
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "start":
+            return start(args, argv)
+        if args.command == "stop":
+            return stop(args)
+        return status(args)
+    except Failure as error:
+        print(f"forkd: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,662 @@
+"""The control socket: forkctl's way into the running master.
+
+A UNIX stream socket (`<base>.ctl` beside the tap, or `--control PATH`), created mode 0600,
+served inside the master's single-threaded selectors loop: no thread, no asyncio. The server
+only ever registers file objects with `master.add_reader(fileobj, callback)` (and
+`master.add_writer` when the master has it), and timers with `master.call_later`.
+
+Wire format (docs/INTERNALS.md, "Control socket protocol"): each message is a 4-byte
+big-endian length followed by that many bytes of a UTF-8 JSON object, at most 1 MiB.
+
+    request:  {"version": 1, "id": N, "command": "status", "args": {...}}
+    response: {"version": 1, "id": N, "ok": true, "result": {...}}
+              {"version": 1, "id": N, "ok": false, "error": "one line"}
+
+Why it is built this way:
+
+- The master must never block on a client, so every socket is non-blocking, reads and writes
+  go through per-client buffers, a message over the size limit closes the client, a client
+  that stalls mid-message (or never reads its replies) is closed after a timeout.
+- A malformed message must never hurt the master: every frame that parses as a frame gets an
+  error response; a frame that cannot be delimited (a length over the limit) gets one error
+  and the connection is closed. No exception leaves a loop callback.
+- The socket file is 0600 and every peer's uid is checked with SO_PEERCRED (root and the
+  master's own effective uid only), so file permissions are not the only guard.
+- Commands may finish later (append waits for every worker): a handler gets a `Reply` it may
+  call at any time, exactly once. Replies can cross a re-exec (`Reply.detach`,
+  `ControlServer.adopt_reply`), which is how `forkctl reload` gets its answer from the new
+  master image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import socket
+import stat
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("forkd.control")
+
+VERSION = 1
+HEADER = struct.Struct("!I")
+MAX_MESSAGE = 1 << 20  # 1 MiB, for requests and responses alike
+MAX_OUTPUT_BUFFER = 8 << 20  # a client that does not read its replies is closed beyond this
+MAX_CLIENTS = 128
+# sun_path is 108 bytes on Linux, including the terminating NUL.
+MAX_SOCKET_PATH = 107
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+class CommandError(Exception):
+    """A command refuses a request; its message is the one-line error the client sees."""
+
+
+class ControlSocketError(Exception):
+    """The control socket cannot be created; the message is one line for the user."""
+
+
+def check_path(path: str) -> None:
+    """Refuse a path the kernel cannot bind, naming the option that chooses another."""
+    size = len(os.fsencode(path))
+    if size > MAX_SOCKET_PATH:
+        raise ControlSocketError(
+            f"control socket path is too long for a UNIX socket ({size} bytes, the limit is "
+            f"{MAX_SOCKET_PATH}): {path}; choose a shorter path with --control PATH"
+        )
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """Frame one message: 4-byte big-endian length, then compact UTF-8 JSON."""
+    body = json.dumps(message, separators=(",", ":"), default=str).encode()
+    return HEADER.pack(len(body)) + body
+
+
+def one_line(text: str) -> str:
+    """Errors travel as one line: forkctl prints them as its single stderr line."""
+    return " ".join(str(text).split()) or "error"
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """The effective uid of the process at the other end, from the kernel (SO_PEERCRED)."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    return int(_PEERCRED.unpack(raw)[1])
+
+
+QUIET_COMMANDS = frozenset({"status"})  # read-only: not worth a log line each
+
+
+def _summary(args: dict[str, Any]) -> str:
+    text = json.dumps(args, separators=(",", ":"), default=str)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+Handler = Callable[[Any, dict[str, Any], "Reply"], None]
+
+
+class Reply:
+    """The answer to one request. Call it once: `reply(None, result)` or `reply("why", None)`.
+
+    Handlers that finish later keep it; `session` is a dict that lives as long as the client's
+    connection (the shell keeps its namespace there) and `uid` is the peer's uid.
+    """
+
+    def __init__(self, client: _Client | None, request_id: Any, command: str) -> None:
+        self._client = client
+        self.id = request_id
+        self.command = command
+        self.done = False
+        self.session: dict[str, Any] = client.session if client is not None else {}
+        self.uid: int | None = client.uid if client is not None else None
+        self._detached_fd: int | None = None
+
+    def __call__(self, error: str | None, result: dict[str, Any] | None = None) -> None:
+        if self.done:
+            log.warning("control: %s answered twice; second answer dropped", self.command)
+            return
+        self.done = True
+        if self._client is not None:
+            self._client.server.pending_replies.discard(self)
+        if error is not None:
+            message: dict[str, Any] = {
+                "version": VERSION, "id": self.id, "ok": False, "error": one_line(error),
+            }
+        else:
+            message = {"version": VERSION, "id": self.id, "ok": True, "result": result or {}}
+        if self._detached_fd is not None:
+            fd, self._detached_fd = self._detached_fd, None
+            _send_blocking(socket.socket(fileno=fd), encode(message))
+            return
+        if self._client is not None:
+            self._client.reply_sent(message)
+
+    def detach(self) -> dict[str, Any]:
+        """Take the client's socket out of this loop so a re-executed master can answer it.
+
+        Returns a JSON-able dict `{"fd", "id", "command"}`; the fd is made inheritable and
+        no Python object owns it any more, so nothing closes it before the exec. The new
+        image calls `ControlServer.adopt_reply(state)` to get a Reply for it; if the exec
+        never happens (a failure before it), calling this Reply still answers the client."""
+        if self._client is None:
+            raise RuntimeError("this reply has no client to detach")
+        sock = self._client.detach()
+        self._client = None
+        sock.setblocking(True)
+        fd = sock.detach()
+        os.set_inheritable(fd, True)
+        self._detached_fd = fd
+        return {"fd": fd, "id": self.id, "command": self.command}
+
+
+def _send_blocking(sock: socket.socket, data: bytes, timeout: float = 5.0) -> None:
+    """Last words to a client outside the loop (after a re-exec): bounded, never raises."""
+    try:
+        sock.settimeout(timeout)
+        sock.sendall(data)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+class _Client:
+    """One connected forkctl: its socket, its input and output buffers, its deadlines."""
+
+    def __init__(self, server: ControlServer, sock: socket.socket, uid: int) -> None:
+        self.server = server
+        self.sock = sock
+        self.uid = uid
+        self.inbuf = bytearray()
+        self.outbuf = bytearray()
+        self.session: dict[str, Any] = {}
+        self.pending = 0  # requests whose reply has not been sent yet
+        self.closed = False
+        self.closing = False  # close once the output buffer is flushed
+        self.writing = False
+        self.retry_handle: Any = None
+        self.last_activity = time.monotonic()
+        self.partial_since: float | None = None
+        self.write_blocked_since: float | None = None
+
+    # -- reading --------------------------------------------------------------------------
+    def on_readable(self) -> None:
+        try:
+            self._read()
+        except Exception:  # never into the master loop
+            log.exception("control: client uid %s: internal error; closing it", self.uid)
+            self.close()
+
+    def _read(self) -> None:
+        for _ in range(16):  # bounded: a firehose client must not starve the loop
+            if self.closed or self.closing:
+                return
+            try:
+                data = self.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.close()
+                return
+            if not data:
+                self.close()
+                return
+            self.last_activity = time.monotonic()
+            self.inbuf += data
+            self._parse()
+            if len(data) < 65536:
+                return
+
+    def _parse(self) -> None:
+        while not self.closed and not self.closing:
+            if len(self.inbuf) < HEADER.size:
+                break
+            (length,) = HEADER.unpack_from(self.inbuf)
+            if length > MAX_MESSAGE:
+                self.send_error(None, f"message of {length} bytes is over the {MAX_MESSAGE} limit")
+                self.inbuf.clear()
+                self.closing = True
+                self._maybe_finish_close()
+                return
+            if len(self.inbuf) < HEADER.size + length:
+                break
+            body = bytes(self.inbuf[HEADER.size : HEADER.size + length])
+            del self.inbuf[: HEADER.size + length]
+            self.server.dispatch(self, body)
+        self.partial_since = (self.partial_since or time.monotonic()) if self.inbuf else None
+
+    # -- writing --------------------------------------------------------------------------
+    def send_error(self, request_id: Any, error: str) -> None:
+        self.send({"version": VERSION, "id": request_id, "ok": False, "error": one_line(error)})
+
+    def reply_sent(self, message: dict[str, Any]) -> None:
+        self.pending = max(0, self.pending - 1)
+        if self.closed:
+            return
+        data = encode(message)
+        if len(data) - HEADER.size > MAX_MESSAGE:
+            message = {
+                "version": VERSION, "id": message.get("id"), "ok": False,
+                "error": f"response over the {MAX_MESSAGE} byte limit",
+            }
+            data = encode(message)
+        self.write(data)
+
+    def send(self, message: dict[str, Any]) -> None:
+        if not self.closed:
+            self.write(encode(message))
+
+    def write(self, data: bytes) -> None:
+        if not self.outbuf:
+            try:
+                sent = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self.close()
+                return
+            data = data[sent:]
+        if data:
+            self.outbuf += data
+            if len(self.outbuf) > MAX_OUTPUT_BUFFER:
+                log.warning("control: client uid %s does not read its replies; closing", self.uid)
+                self.close()
+                return
+            if self.write_blocked_since is None:
+                self.write_blocked_since = time.monotonic()
+            self._want_write()
+        self._maybe_finish_close()
+
+    def _want_write(self) -> None:
+        if self.writing or self.closed:
+            return
+        self.writing = True
+        add_writer = getattr(self.server.master, "add_writer", None)
+        if add_writer is not None:
+            add_writer(self.sock, self.on_writable)
+        else:  # a loop without writer callbacks: retry on a short timer
+            self.retry_handle = self.server.master.call_later(0.02, self._retry_write)
+
+    def _retry_write(self) -> None:
+        self.retry_handle = None
+        self.writing = False
+        self.on_writable()
+        if self.outbuf and not self.closed:
+            self._want_write()
+
+    def on_writable(self) -> None:
+        try:
+            self._flush()
+        except Exception:
+            log.exception("control: client uid %s: internal error; closing it", self.uid)
+            self.close()
+
+    def _flush(self) -> None:
+        if self.closed:
+            return
+        while self.outbuf:
+            try:
+                sent = self.sock.send(self.outbuf[:262144])
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.close()
+                return
+            del self.outbuf[:sent]
+        self.write_blocked_since = None
+        self._stop_writing()
+        self._maybe_finish_close()
+
+    def _stop_writing(self) -> None:
+        if not self.writing:
+            return
+        self.writing = False
+        if self.retry_handle is not None:
+            self.retry_handle.cancel()
+            self.retry_handle = None
+            return
+        remove_writer = getattr(self.server.master, "remove_writer", None)
+        if remove_writer is not None:
+            with contextlib.suppress(Exception):
+                remove_writer(self.sock)
+
+    def _maybe_finish_close(self) -> None:
+        if self.closing and not self.outbuf:
+            self.close()
+
+    # -- lifetime -------------------------------------------------------------------------
+    def expired(self, now: float) -> str | None:
+        """Why this client should be dropped now, or None."""
+        limits = self.server
+        if self.partial_since is not None and now - self.partial_since > limits.message_timeout:
+            return "sent part of a message and then nothing"
+        if self.write_blocked_since is not None and (
+            now - self.write_blocked_since > limits.write_timeout
+        ):
+            return "does not read its replies"
+        idle_limit = limits.session_idle_timeout if self.session else limits.idle_timeout
+        if not self.pending and not self.outbuf and now - self.last_activity > idle_limit:
+            return "idle"
+        return None
+
+    def detach(self) -> socket.socket:
+        """Stop serving this client here without closing its socket (see Reply.detach)."""
+        self._unregister()
+        self.closed = True
+        self.server.forget(self)
+        return self.sock
+
+    def _unregister(self) -> None:
+        self._stop_writing()
+        with contextlib.suppress(Exception):
+            self.server.master.remove_reader(self.sock)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._unregister()
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        self.server.forget(self)
+
+
+class ControlServer:
+    """The control socket of one master: accepts forkctl clients and runs their commands.
+
+    `ControlServer(master, path, fd=None)`: `fd` adopts an inherited listening socket (after a
+    re-exec) instead of creating one. `listen()` creates or adopts it and registers it with
+    the master's loop; `fileno()` is its fd (to pass across a re-exec); `close()` stops
+    serving, closes every client and removes the socket file.
+    """
+
+    idle_timeout = 60.0  # a connected client that sends nothing at all
+    session_idle_timeout = 3600.0  # an open `forkctl shell` between statements
+    message_timeout = 10.0  # a message started but not finished
+    write_timeout = 30.0  # replies not read by the client
+    sweep_interval = 1.0
+
+    def __init__(
+        self,
+        master: Any,
+        path: str,
+        fd: int | None = None,
+        handlers: dict[str, Handler] | None = None,
+    ) -> None:
+        self.master = master
+        self.path = os.path.abspath(path)
+        self.fd = fd
+        self._handlers = handlers
+        self.sock: socket.socket | None = None
+        self.clients: set[_Client] = set()
+        self._sweeper: Any = None
+        self.allowed_uids = {0, os.geteuid()}
+        self.refused = 0
+        self.pending_replies: set[Reply] = set()  # accepted requests not answered yet
+        self.master_ports: dict[str, Any] = {}  # key -> masterports.MasterPortServer
+        self._reload_replies: list[Reply] = []  # adopted across a re-exec
+
+    @property
+    def handlers(self) -> dict[str, Handler]:
+        if self._handlers is None:
+            from forkd.commands import server_handlers
+
+            self._handlers = server_handlers()
+        return self._handlers
+
+    # -- the listening socket -------------------------------------------------------------
+    def listen(self) -> None:
+        """Create (0600, stale file replaced, live one refused) or adopt the socket; serve."""
+        sock = socket.socket(fileno=self.fd) if self.fd is not None else self._create()
+        sock.setblocking(False)
+        sock.set_inheritable(False)
+        self.sock = sock
+        self.master.add_reader(sock, self._on_accept)
+        self._schedule_sweep()
+
+    def _create(self) -> socket.socket:
+        check_path(self.path)
+        self._remove_stale()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)  # born 0600: no window in which others could connect
+        try:
+            sock.bind(self.path)
+            os.chmod(self.path, 0o600)
+            sock.listen(64)
+        except OSError as error:
+            sock.close()
+            raise ControlSocketError(
+                f"cannot create control socket {self.path}: {error.strerror or error}"
+            ) from None
+        finally:
+            os.umask(old_umask)
+        return sock
+
+    def _remove_stale(self) -> None:
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ControlSocketError(
+                f"{self.path} exists and is not a socket; choose another path with --control"
+            )
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(self.path)
+        except OSError as error:
+            if error.errno in (errno.ECONNREFUSED, errno.ENOENT):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)  # left by a master that died: nothing serves it
+                return
+            raise ControlSocketError(f"cannot use control socket {self.path}: {error}") from None
+        finally:
+            probe.close()
+        raise ControlSocketError(f"{self.path}: another forkd master is serving this socket")
+
+    def fileno(self) -> int:
+        if self.sock is None:
+            raise ControlSocketError("the control socket is not listening")
+        return self.sock.fileno()
+
+    def close(self, unlink: bool = True) -> None:
+        """Stop serving: close every client and the socket, and remove the socket file."""
+        for client in list(self.clients):
+            client.close()
+        for server in list(self.master_ports.values()):
+            server.stop()
+        self.master_ports.clear()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        if self.sock is not None:
+            with contextlib.suppress(Exception):
+                self.master.remove_reader(self.sock)
+            self.sock.close()
+            self.sock = None
+            if unlink:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)
+
+    def adopt_reply(self, state: dict[str, Any]) -> Reply:
+        """A Reply for a request accepted by the previous master image (see Reply.detach)."""
+        reply = Reply(None, state.get("id"), str(state.get("command", "")))
+        reply._detached_fd = int(state["fd"])
+        return reply
+
+    # -- what the master asks of its control plane ----------------------------------------
+    def serve_port(self, port: Any) -> None:
+        """Serve a `servedByMaster` port (the telnet shell) in the master's loop."""
+        from forkd import masterports
+
+        key = getattr(port, "key", repr(port))
+        old = self.master_ports.pop(key, None)
+        if old is not None:
+            old.stop()
+        self.master_ports[key] = masterports.serve(self.master, port)
+
+    def unserve_port(self, port: Any) -> None:
+        """Stop serving a master-served port, close its connections, then the port."""
+        server = self.master_ports.pop(getattr(port, "key", repr(port)), None)
+        if server is not None:
+            server.stop()
+        with contextlib.suppress(Exception):
+            port.stopListening()
+
+    def client_fds(self) -> list[int]:
+        """Every connection's fd (control clients, master-served ports): a new worker
+        closes them, since they belong to the master alone."""
+        fds = [client.sock.fileno() for client in self.clients]
+        for server in self.master_ports.values():
+            fds.extend(connection.sock.fileno() for connection in server.connections)
+        return [fd for fd in fds if fd >= 0]
+
+    def reexec_state(self) -> dict[str, Any]:
+        """Before a re-exec: detach every request still waiting for its answer (the reload
+        itself among them). JSON-able; `fds` lists the descriptors to keep open."""
+        replies = []
+        for reply in list(self.pending_replies):
+            if reply.done or reply._client is None:
+                continue
+            with contextlib.suppress(Exception):
+                replies.append(reply.detach())
+        return {"fds": [entry["fd"] for entry in replies], "replies": replies}
+
+    def resume(self, state: dict[str, Any]) -> None:
+        """In the new image: take back the requests detached by `reexec_state`. The reload
+        ones are answered by `reload_finished`; others cannot be, and are told so."""
+        for entry in state.get("replies") or []:
+            try:
+                reply = self.adopt_reply(entry)
+            except (KeyError, TypeError, ValueError, OSError):
+                continue
+            if reply.command == "reload":
+                self._reload_replies.append(reply)
+            else:
+                reply(f"{reply.command}: interrupted by a reload of the master; "
+                      "check with forkctl status", None)
+
+    def reload_finished(self, error: str | None, result: dict[str, Any] | None = None) -> None:
+        """The new image's reload outcome, for the forkctl that asked for it."""
+        if error:
+            log.error("reload failed: %s", error)
+        else:
+            log.info("reload done")
+        replies, self._reload_replies = self._reload_replies, []
+        for reply in replies:
+            reply(error, result)
+
+    # -- clients --------------------------------------------------------------------------
+    def _on_accept(self) -> None:
+        for _ in range(32):  # bounded per wake-up
+            if self.sock is None:
+                return
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:  # EMFILE and friends: log, keep the loop alive
+                log.warning("control: accept failed: %s", error)
+                return
+            try:
+                self._admit(conn)
+            except Exception:
+                log.exception("control: could not admit a client")
+                conn.close()
+
+    def _admit(self, conn: socket.socket) -> None:
+        conn.setblocking(False)
+        uid = peer_uid(conn)
+        if uid not in self.allowed_uids:
+            self.refused += 1
+            log.warning("control: refused a connection from uid %d", uid)
+            with contextlib.suppress(OSError):
+                conn.send(encode({
+                    "version": VERSION, "id": None, "ok": False,
+                    "error": f"permission denied: uid {uid} may not control this forkd",
+                }))
+            conn.close()
+            return
+        if len(self.clients) >= MAX_CLIENTS:
+            with contextlib.suppress(OSError):
+                conn.send(encode({"version": VERSION, "id": None, "ok": False,
+                                  "error": "too many control clients; try again"}))
+            conn.close()
+            return
+        client = _Client(self, conn, uid)
+        self.clients.add(client)
+        self.master.add_reader(conn, client.on_readable)
+
+    def forget(self, client: _Client) -> None:
+        self.clients.discard(client)
+
+    def _schedule_sweep(self) -> None:
+        self._sweeper = self.master.call_later(self.sweep_interval, self._sweep)
+
+    def _sweep(self) -> None:
+        try:
+            now = time.monotonic()
+            for client in list(self.clients):
+                why = client.expired(now)
+                if why is not None:
+                    log.info("control: closing client uid %s: %s", client.uid, why)
+                    client.close()
+        except Exception:
+            log.exception("control: sweep failed")
+        finally:
+            if self.sock is not None:
+                self._schedule_sweep()
+
+    # -- requests -------------------------------------------------------------------------
+    def dispatch(self, client: _Client, body: bytes) -> None:
+        """Run one framed request; every outcome sends exactly one response."""
+        try:
+            request = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            client.send_error(None, "malformed message: not UTF-8 JSON")
+            return
+        if not isinstance(request, dict):
+            client.send_error(None, "malformed message: a request is a JSON object")
+            return
+        request_id = request.get("id")
+        if not (request_id is None or isinstance(request_id, (int, str))) or isinstance(
+            request_id, bool
+        ):
+            request_id = None
+        if request.get("version") != VERSION:
+            client.send_error(
+                request_id, f"unsupported protocol version {request.get('version')!r} "
+                f"(this forkd speaks {VERSION})"
+            )
+            return
+        command = request.get("command")
+        args = request.get("args", {})
+        if not isinstance(command, str):
+            client.send_error(request_id, "malformed message: 'command' must be a string")
+            return
+        if not isinstance(args, dict):
+            client.send_error(request_id, "malformed message: 'args' must be an object")
+            return
+        handler = self.handlers.get(command)
+        if handler is None:
+            client.send_error(request_id, f"unknown command {command[:64]!r}")
+            return
+        if command not in QUIET_COMMANDS:  # one line per state change: who and what
+            log.info("control: uid %s: %s %s", client.uid, command, _summary(args))
+        client.pending += 1
+        reply = Reply(client, request_id, command)
+        self.pending_replies.add(reply)
+        try:
+            handler(self.master, args, reply)
+        except CommandError as error:
+            if not reply.done:
+                reply(str(error), None)
+        except Exception as error:
+            log.exception("control: command %s failed", command)
+            if not reply.done:
+                reply(f"{command}: {type(error).__name__}: {error}", None)

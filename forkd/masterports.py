@@ -1,0 +1,243 @@
+"""Serving a port in the master's own selectors loop (ports whose factory says
+`servedByMaster = True`, such as the telnet shell).
+
+Why: the telnet shell must run code in the master, where the live application is; a worker
+would only change its own copy. So such ports are never handed to workers: the master
+accepts on them and drives each connection with non-blocking reads and writes through
+`master.add_reader` (and `add_writer` when the loop has it; a short retry timer otherwise).
+
+    server = masterports.serve(master, port)   # port is already listening (startListening)
+    server.stop()                               # on removePort / shutdown
+
+Each protocol gets the master as `protocol.master` before `makeConnection`, so it can reach
+the application. The transport it sees has the seed's interface: write, writeSequence,
+loseConnection (after pending data), abortConnection, getPeer, getHost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from typing import Any
+
+from forkd.protocol import ConnectionDone, ConnectionLost, address_tuple
+
+log = logging.getLogger("forkd.masterports")
+
+MAX_CONNECTIONS = 16  # an admin shell, not a service: a flood must not cost the master fds
+MAX_WRITE_BUFFER = 4 << 20
+READ_SIZE = 65536
+
+
+def serve(master: Any, port: Any) -> MasterPortServer:
+    """Accept on `port` (already listening) in the master's loop; returns the server."""
+    server = MasterPortServer(master, port)
+    server.start()
+    return server
+
+
+class MasterConnection:
+    """One accepted connection: the transport its protocol sees, driven by the master loop."""
+
+    def __init__(self, server: MasterPortServer, sock: socket.socket, protocol: Any) -> None:
+        self.server = server
+        self.master = server.master
+        self.sock = sock
+        self.protocol = protocol
+        self.family = sock.family
+        self.outbuf = bytearray()
+        self.disconnecting = False
+        self.closed = False
+        self._writing = False
+        self._retry: Any = None
+
+    # -- the transport interface ----------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data must be bytes, not {type(data).__name__}")
+        if self.closed or not data:
+            return
+        if not self.outbuf:
+            try:
+                sent = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as error:
+                self._lost(error)
+                return
+            data = bytes(data[sent:])
+        if data:
+            self.outbuf += data
+            if len(self.outbuf) > MAX_WRITE_BUFFER:
+                log.warning("master port %s: peer does not read; closing", self.server.key)
+                self.abortConnection()
+                return
+            self._want_write()
+
+    def writeSequence(self, chunks: Any) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def loseConnection(self) -> None:
+        self.disconnecting = True
+        if not self.outbuf:
+            self._lost(None)
+
+    def abortConnection(self) -> None:
+        self.disconnecting = True
+        self.outbuf.clear()
+        self._lost(None)
+
+    def getPeer(self) -> tuple[Any, ...]:
+        with contextlib.suppress(OSError):
+            return address_tuple(self.sock.getpeername(), self.family)
+        return ("INET", "", 0)
+
+    def getHost(self) -> tuple[Any, ...]:
+        with contextlib.suppress(OSError):
+            return address_tuple(self.sock.getsockname(), self.family)
+        return ("INET", "", 0)
+
+    # -- driven by the loop ---------------------------------------------------------------
+    def start(self) -> None:
+        self.master.add_reader(self.sock, self.doRead)
+        self.protocol.makeConnection(self, self.server.port)
+
+    def doRead(self) -> None:
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as error:
+            self._lost(error)
+            return
+        if not data:
+            self._lost(None)
+            return
+        try:
+            self.protocol.dataReceived(data)
+        except Exception:  # a protocol bug costs its connection, never the master
+            log.exception("master port %s: protocol failed; closing the connection",
+                          self.server.key)
+            self.abortConnection()
+
+    def doWrite(self) -> None:
+        while self.outbuf and not self.closed:
+            try:
+                sent = self.sock.send(self.outbuf[:READ_SIZE])
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:
+                self._lost(error)
+                return
+            del self.outbuf[:sent]
+        self._stop_writing()
+        if self.disconnecting and not self.closed:
+            self._lost(None)
+
+    def _want_write(self) -> None:
+        if self._writing:
+            return
+        self._writing = True
+        add_writer = getattr(self.master, "add_writer", None)
+        if add_writer is not None:
+            add_writer(self.sock, self.doWrite)
+        else:
+            self._retry = self.master.call_later(0.02, self._retry_write)
+
+    def _retry_write(self) -> None:
+        self._retry = None
+        self._writing = False
+        self.doWrite()
+        if self.outbuf and not self.closed:
+            self._want_write()
+
+    def _stop_writing(self) -> None:
+        if not self._writing:
+            return
+        self._writing = False
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+            return
+        remove_writer = getattr(self.master, "remove_writer", None)
+        if remove_writer is not None:
+            with contextlib.suppress(Exception):
+                remove_writer(self.sock)
+
+    def _lost(self, error: BaseException | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._stop_writing()
+        with contextlib.suppress(Exception):
+            self.master.remove_reader(self.sock)
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        self.server.connections.discard(self)
+        if error is None:
+            reason: BaseException = ConnectionDone("Connection was closed cleanly.")
+        else:
+            reason = ConnectionLost(str(error))
+        try:
+            if getattr(self.protocol, "_lost_takes_reason", True):
+                self.protocol.connectionLost(reason)
+            else:
+                self.protocol.connectionLost()  # the seed's argument-less form
+        except Exception:
+            log.exception("master port %s: connectionLost failed", self.server.key)
+
+
+class MasterPortServer:
+    """Accepts on one listening port in the master's loop and keeps its connections."""
+
+    def __init__(self, master: Any, port: Any) -> None:
+        self.master = master
+        self.port = port
+        self.key = getattr(port, "key", repr(port))
+        self.connections: set[MasterConnection] = set()
+        self._listening = False
+
+    def start(self) -> None:
+        self.master.add_reader(self.port, self.doRead)
+        self._listening = True
+
+    def doRead(self) -> None:
+        for _ in range(8):  # bounded per wake-up
+            try:
+                sock, address = self.port.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:
+                log.warning("master port %s: accept failed: %s", self.key, error)
+                return
+            try:
+                self._admit(sock, address)
+            except Exception:
+                log.exception("master port %s: could not start a connection", self.key)
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+    def _admit(self, sock: socket.socket, address: Any) -> None:
+        if len(self.connections) >= MAX_CONNECTIONS:
+            sock.close()
+            return
+        sock.setblocking(False)
+        protocol = self.port.factory.buildProtocol(address_tuple(address, sock.family))
+        if protocol is None:
+            sock.close()
+            return
+        protocol.master = self.master
+        connection = MasterConnection(self, sock, protocol)
+        self.connections.add(connection)
+        connection.start()
+
+    def stop(self) -> None:
+        """Stop accepting and close every connection (the port itself is the caller's)."""
+        if self._listening:
+            self._listening = False
+            with contextlib.suppress(Exception):
+                self.master.remove_reader(self.port)
+        for connection in list(self.connections):
+            connection.abortConnection()

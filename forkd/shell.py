@@ -1,0 +1,130 @@
+"""The live Python shell that runs inside the master (`forkctl shell`, the telnet tap).
+
+The seed: "telnet into your application and change things there on the run ... import
+__main__. In __main__, there is a global named "application"." So the namespace holds
+`application`, and `sys.modules['__main__'].application` is set before each statement.
+
+The client sends the whole pending source each time (what it has typed since the last
+complete statement); `Shell.push(source)` compiles it with `codeop` the way
+`code.InteractiveInterpreter` does: incomplete -> `more=True` (the client prompts `... `),
+complete -> run it and return what it printed (tracebacks included), never raising.
+
+How changes reach the workers: `application.listenTCP(...)` and `removePort` are already
+live (the application's runtime hook, the master, binds and tells the workers). Anything
+else a statement changes in the application's pickled state (`application.ports[1].factory
+.resource.path = 'static'`) is invisible to workers that forked earlier, so after each
+statement the shell compares a fingerprint of the application taken before and after, with
+ports added or removed by the statement left out, and if it differs calls
+`master.application_changed()`, which starts a graceful rolling restart, and says so.
+
+The master is single-threaded: a statement that loops forever blocks it. That is the cost of
+a shell in the process itself (the seed's design); there is no way around it without threads.
+"""
+
+from __future__ import annotations
+
+import builtins
+import codeop
+import contextlib
+import io
+import pickle
+import sys
+import traceback
+from typing import Any
+
+from forkd.ports import port_key
+
+MAX_OUTPUT = 256 * 1024  # what one statement may print; more is cut (the frame limit is 1 MiB)
+
+Fingerprint = tuple[bytes, dict[str, bytes]]
+
+
+def fingerprint(application: Any) -> Fingerprint:
+    """The application's pickled state: everything but the ports, and each port by key."""
+    state = dict(application.__getstate__()) if hasattr(application, "__getstate__") else {}
+    ports = state.pop("ports", None) or []
+    try:
+        rest = pickle.dumps(state, protocol=5)
+    except Exception as error:  # an unpicklable attribute: a change we must still notice
+        rest = f"unpicklable: {type(error).__name__}: {error}".encode()
+    by_key: dict[str, bytes] = {}
+    for port in ports:
+        try:
+            by_key[port_key(port)] = pickle.dumps(port, protocol=5)
+        except Exception as error:
+            by_key[port_key(port)] = f"unpicklable: {type(error).__name__}: {error}".encode()
+    return rest, by_key
+
+
+def changed(before: Fingerprint, after: Fingerprint) -> bool:
+    """Whether anything but the set of ports differs (added/removed ports are already live)."""
+    if before[0] != after[0]:
+        return True
+    common = before[1].keys() & after[1].keys()
+    return any(before[1][key] != after[1][key] for key in common)
+
+
+class Shell:
+    """One shell session: a namespace and a compiler that remembers `from __future__`."""
+
+    def __init__(self, master: Any) -> None:
+        self.master = master
+        self.namespace: dict[str, Any] = {
+            "__name__": "__forkd_shell__",
+            "__builtins__": builtins,
+            "application": master.application,
+        }
+        self.compile = codeop.CommandCompiler()
+
+    def push(self, source: str) -> tuple[str, bool]:
+        """Compile and maybe run `source`; (output, more). Never raises."""
+        try:
+            code = self.compile(source, "<shell>", "single")
+        except (SyntaxError, OverflowError, ValueError):
+            return self._format_exception(syntax=True), False
+        if code is None:
+            return "", True
+        application = self.master.application
+        self.namespace["application"] = application
+        main = sys.modules.get("__main__")
+        if main is not None:
+            with contextlib.suppress(Exception):
+                main.application = application  # type: ignore[attr-defined]
+        before = fingerprint(application)
+        output = io.StringIO()
+        with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+            try:
+                exec(code, self.namespace)
+            except SystemExit:
+                output.write("the shell cannot exit the master; press Ctrl-D to leave\n")
+            except BaseException:  # KeyboardInterrupt too: nothing may escape into the loop
+                output.write(self._format_exception())
+        text = output.getvalue()
+        if len(text) > MAX_OUTPUT:
+            text = text[:MAX_OUTPUT] + f"\n[output cut at {MAX_OUTPUT} characters]\n"
+        after = fingerprint(self.master.application)
+        if changed(before, after):
+            text += self._apply_change()
+        elif before[1].keys() != after[1].keys() and hasattr(self.master, "unsaved"):
+            # A live listenTCP/removePort: already served, but not in the tap file yet, so
+            # a reload must not silently drop it.
+            self.master.unsaved = True
+        return text, False
+
+    def _apply_change(self) -> str:
+        try:
+            self.master.application_changed()
+        except Exception as error:
+            return f"# the application changed but the rolling restart failed to start: {error}\n"
+        return (
+            "# the application changed: a graceful rolling restart started, so every worker "
+            "serves the change (application.save() keeps it in the tap file)\n"
+        )
+
+    @staticmethod
+    def _format_exception(syntax: bool = False) -> str:
+        kind, value, tb = sys.exc_info()
+        if syntax or tb is None:
+            return "".join(traceback.format_exception_only(kind, value))
+        # Drop the shell's own frame: the traceback starts at the user's statement.
+        return "".join(traceback.format_exception(kind, value, tb.tb_next))

@@ -1,0 +1,172 @@
+"""The master's supervision bookkeeping as pure logic: worker records, crash backoff,
+heartbeat deadlines, kill escalation and suspend detection.
+
+Nothing here forks, signals or reads a clock: every function takes `now`, so the master's
+decisions are unit-tested with plain numbers (tests/test_master_supervision.py).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+BACKOFF_BASE = 0.5
+BACKOFF_CAP = 30.0
+STABLE_AFTER = 10.0  # a worker up this long proves the crash loop is over
+KILL_GRACE = 5.0  # SIGABRT (traceback) -> SIGKILL
+SUSPEND_SLACK = 3.0  # a loop iteration this much later than it could be = we were stopped
+
+
+def clock() -> float:
+    """The master's clock. CLOCK_BOOTTIME keeps counting through SIGSTOP and system sleep,
+    so a suspended master sees the gap (CLOCK_MONOTONIC hides sleep)."""
+    try:
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    except (AttributeError, OSError):
+        return time.monotonic()
+
+
+class WorkerState(enum.Enum):
+    BOOTING = "booting"  # forked, factories starting
+    READY = "ready"  # serving every port
+    STOPPING = "stopping"  # asked to stop (graceful or not)
+    TIMED_OUT = "timed-out"  # SIGABRT sent for a missed heartbeat
+
+
+@dataclass
+class WorkerProcess:
+    """What the master knows of one worker process."""
+
+    pid: int
+    number: int
+    generation: int
+    channel: Any
+    started: float  # clock() at spawn
+    started_wall: float = field(default_factory=time.time)
+    state: WorkerState = WorkerState.BOOTING
+    last_beat: float = 0.0
+    connections: int = 0
+    accepted: int = 0
+    requests: int = 0
+    boot_error: str | None = None
+    kill_at: float | None = None  # SIGKILL deadline once stopping or timed out
+
+    def __post_init__(self) -> None:
+        if not self.last_beat:
+            self.last_beat = self.started
+
+    def beat(self, now: float, counters: dict[str, Any]) -> None:
+        self.last_beat = now
+        for name in ("connections", "accepted", "requests"):
+            value = counters.get(name)
+            if isinstance(value, int):
+                setattr(self, name, value)
+
+    @property
+    def alive_for_service(self) -> bool:
+        """Counts toward the target worker count (not on its way out)."""
+        return self.state in (WorkerState.BOOTING, WorkerState.READY)
+
+
+class Backoff:
+    """Exponential delay between respawns of crashing workers, capped at BACKOFF_CAP."""
+
+    def __init__(self, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> None:
+        self.base = base
+        self.cap = cap
+        self.failures = 0
+        self.not_before = 0.0
+
+    def failed(self, now: float) -> float:
+        """Record a crash; return the delay before the next spawn."""
+        self.failures += 1
+        delay = min(self.cap, self.base * 2 ** (self.failures - 1))
+        self.not_before = now + delay
+        return delay
+
+    def reset(self) -> None:
+        self.failures = 0
+        self.not_before = 0.0
+
+    def may_spawn(self, now: float) -> bool:
+        return now >= self.not_before
+
+    def remaining(self, now: float) -> float:
+        return max(0.0, self.not_before - now)
+
+    def status(self, now: float) -> dict[str, Any]:
+        return {"failures": self.failures, "next_spawn_in": round(self.remaining(now), 3)}
+
+
+def overdue(workers: list[WorkerProcess], now: float, timeout: float) -> list[WorkerProcess]:
+    """Workers that should be serving but have not sent a heartbeat for `timeout` seconds."""
+    return [
+        worker
+        for worker in workers
+        if worker.alive_for_service and now - worker.last_beat > timeout
+    ]
+
+
+def kills_due(workers: list[WorkerProcess], now: float) -> list[WorkerProcess]:
+    """Workers past their SIGKILL deadline (stopping too long, or SIGABRT ignored)."""
+    return [w for w in workers if w.kill_at is not None and now >= w.kill_at]
+
+
+def stable(workers: list[WorkerProcess], now: float) -> bool:
+    """Whether some worker has been ready for STABLE_AFTER: the crash loop is over."""
+    return any(
+        w.state is WorkerState.READY and now - w.started >= STABLE_AFTER for w in workers
+    )
+
+
+class SuspendDetector:
+    """Notices that the master itself did not run for a while (SIGSTOP, laptop sleep).
+
+    Each loop iteration reports when it woke and the longest it asked to sleep; a wake-up
+    much later than that means the process was not scheduled, and heartbeat deadlines that
+    passed meanwhile say nothing about the workers."""
+
+    def __init__(self, slack: float = SUSPEND_SLACK) -> None:
+        self.slack = slack
+        self.expected: float | None = None
+
+    def will_sleep(self, now: float, timeout: float) -> None:
+        self.expected = now + timeout
+
+    def woke(self, now: float) -> float:
+        """Return how long we were suspended (0.0 when not)."""
+        expected, self.expected = self.expected, None
+        if expected is None:
+            return 0.0
+        late = now - expected
+        return late if late > self.slack else 0.0
+
+
+def excuse(workers: list[WorkerProcess], now: float) -> None:
+    """After a suspend, give every worker a fresh heartbeat deadline."""
+    for worker in workers:
+        worker.last_beat = max(worker.last_beat, now)
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def describe_status(status: int) -> tuple[str, int | None, int | None]:
+    """Decode a waitpid status: (text, exit code or None, signal number or None)."""
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        name = signal_name(number)
+        core = " (core dumped)" if os.WCOREDUMP(status) else ""
+        return f"killed by {name}{core}", None, number
+    if os.WIFEXITED(status):
+        code = os.WEXITSTATUS(status)
+        return f"exited with code {code}", code, None
+    return f"status {status}", None, None

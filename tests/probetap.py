@@ -1,0 +1,89 @@
+"""A tap module for the master's end-to-end tests: a line protocol that says which worker
+answered, can block its worker, and can refuse to start.
+
+    pid            -> "<worker pid>"
+    req N          -> "ok N <worker pid>" (with " close" and a close while draining)
+    block          -> sleeps in dataReceived (a stuck worker, for the heartbeat timeout)
+    anything else  -> echoed back
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from forkd.app import Application
+from forkd.ports import TCPPort
+from forkd.protocol import Factory, Protocol, stats
+
+
+class Probe(Protocol):
+    draining = False
+
+    def connectionMade(self) -> None:
+        self.buffer = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\n" in self.buffer:
+            line, self.buffer = self.buffer.split(b"\n", 1)
+            self.line(line.decode())
+
+    def line(self, line: str) -> None:
+        pid = os.getpid()
+        if line == "pid":
+            self.transport.write(f"{pid}\n".encode())
+        elif line == "block":
+            time.sleep(120)
+        elif line.startswith("req "):
+            stats.requests += 1
+            if self.draining:
+                self.transport.write(f"ok {line[4:]} {pid} close\n".encode())
+                self.transport.loseConnection()
+            else:
+                self.transport.write(f"ok {line[4:]} {pid}\n".encode())
+        else:
+            self.transport.write(line.encode() + b"\n")
+
+    def connectionDraining(self) -> None:
+        # like HTTP keep-alive: answer the next request, then close (never cut one)
+        self.draining = True
+
+
+class ProbeFactory(Factory):
+    protocol = Probe
+
+    def __init__(self, fail: str | None = None) -> None:
+        self.fail = fail
+
+    def startFactory(self) -> None:
+        if self.fail:
+            raise ValueError(self.fail)
+
+
+def make_tap(path: str, port: int, fail: str | None = None, name: str = "probe") -> str:
+    """Write a tap serving the probe on 127.0.0.1:`port`."""
+    application = Application(name)
+    application.addPort(TCPPort(port, ProbeFactory(fail), interface="127.0.0.1"))
+    application.tapfile = os.path.abspath(path)
+    return str(application.save())
+
+
+def ask(port: int, line: str, timeout: float = 5.0) -> str:
+    """One request on a fresh connection; the reply line."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(line.encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return data.decode().strip()
+
+
+def ports_of(application: Any) -> list[str]:
+    return [p.key for p in application.ports]

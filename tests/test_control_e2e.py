@@ -1,0 +1,309 @@
+"""End-to-end: a real `forkd start` master, driven by the real `forkctl` and telnet, on
+127.0.0.1 (issue 4's must-show list)."""
+
+from __future__ import annotations
+
+import io
+import os
+import pathlib
+import random
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from forkd import tapfile
+from forkd.app import Application
+from forkd.commands import shell as shell_command
+from forkd.control import HEADER, encode
+from forkd.control_client import request
+from forkd.testing import RunningForkd, forkd_env, free_port, wait_for
+
+PIDTAP = '''
+"""A test tap: answers each connection's first line with "<greeting> <worker pid>"."""
+import os
+from forkd import usage
+from forkd.ports import TCPPort
+from forkd.protocol import Factory, Protocol, stats
+
+usage_message = "pid tap"
+
+
+class Pid(Protocol):
+    def connectionMade(self):
+        self.buffer = b""
+
+    def dataReceived(self, data):
+        self.buffer += data
+        if b"\\n" in self.buffer:
+            stats.requests += 1
+            self.transport.write(f"{self.factory.greeting} {os.getpid()}\\n".encode())
+            self.transport.loseConnection()
+
+
+class PidFactory(Factory):
+    protocol = Pid
+    greeting = "hello"
+
+
+class Options(usage.Options):
+    optParameters = [["port", "p", 0, "port", usage.portCoerce]]
+
+
+def getPorts(app, config):
+    factory = PidFactory()
+    return [(TCPPort(config["port"], factory, interface="127.0.0.1"), factory)]
+'''
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def ask(port: int, timeout: float = 5.0) -> tuple[str, int]:
+    """One request on a fresh connection to a pid tap: (greeting, worker pid)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(b"x\n")
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+    greeting, pid = data.decode().split()
+    return greeting, int(pid)
+
+
+def forkctl(ctl: str, *args: str, env: dict[str, str],
+            forkd: RunningForkd | None = None) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run([sys.executable, "-m", "forkd.cli.forkctl", "-c", ctl, *args],
+                              env=env, capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        log = forkd.log()[-6000:] if forkd is not None else ""
+        raise AssertionError(f"forkctl {' '.join(args)}: no answer in 20s\n{log}") from None
+
+
+class Load:
+    """A bounded load loop in a thread: fresh connections, one request each; counts."""
+
+    def __init__(self, ports: list[int]) -> None:
+        self.ports = ports
+        self.ok = self.failed = self.refused = 0
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set() and n < 1_000_000:
+            port = self.ports[n % len(self.ports)]
+            n += 1
+            try:
+                ask(port)
+                self.ok += 1
+            except ConnectionRefusedError:
+                self.refused += 1
+            except Exception as error:
+                self.failed += 1
+                self.errors.append(f"{type(error).__name__}: {error}")
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+@pytest.fixture
+def site(tmp_path: pathlib.Path) -> Iterator[dict[str, Any]]:
+    """A tap serving the pid tap on a free port, the test tap module importable by forkd."""
+    (tmp_path / "pidtap.py").write_text(PIDTAP)
+    sys.path.insert(0, str(tmp_path))
+    import pidtap  # type: ignore[import-not-found]
+
+    app = Application("app")
+    factory = pidtap.PidFactory()
+    port = free_port()
+    from forkd.ports import TCPPort
+
+    app.addPort(TCPPort(port, factory, interface="127.0.0.1"))
+    app.tapfile = str(tmp_path / "app.tap")
+    app.save()
+    env = forkd_env([str(tmp_path)])
+    yield {"tap": app.tapfile, "port": port, "ctl": str(tmp_path / "app.ctl"), "env": env,
+           "dir": tmp_path}
+    sys.path.remove(str(tmp_path))
+    sys.modules.pop("pidtap", None)
+
+
+def test_append_reload_restart_under_load_lose_nothing(site: dict[str, Any]) -> None:
+    env, ctl = site["env"], site["ctl"]
+    with RunningForkd(site["tap"], workers=2, extra_paths=[str(site["dir"])]) as forkd:
+        assert stat.S_IMODE(os.stat(ctl).st_mode) == 0o600
+        master_pid = forkd.pid
+        workers = forkd.wait_workers(2)
+        added: list[int] = []
+        with Load([site["port"]]) as load:
+            for _ in range(10):
+                port = free_port()
+                done = forkctl(ctl, "append", "pidtap", "--port", str(port), env=env, forkd=forkd)
+                assert done.returncode == 0, done.stderr
+                added.append(port)
+                load.ports = [site["port"], *added]
+                assert ask(port)[1] in workers  # served at once, by the same workers
+                assert forkd.worker_pids() == workers  # no worker restarted
+            for _ in range(10):
+                done = forkctl(ctl, "reload", env=env, forkd=forkd)
+                assert done.returncode == 0, done.stderr + forkd.log()[-3000:]
+                new = forkd.wait_workers(2, exclude=workers)
+                assert not new & workers  # every worker replaced
+                workers = new
+            for _ in range(5):
+                done = forkctl(ctl, "restart", env=env, forkd=forkd)
+                assert done.returncode == 0, done.stderr
+                workers = forkd.wait_workers(2, exclude=workers)
+            assert request(ctl, "status")["pid"] == master_pid
+            wait_for(lambda: load.ok > 100, message="some load")
+        assert forkd.pid == master_pid and forkd.process.poll() is None  # type: ignore[union-attr]
+        assert (load.failed, load.refused) == (0, 0), load.errors[:5]
+        assert all(ask(port)[0] == "hello" for port in added)  # saved: reloads kept them
+        print(f"\nload during 10 appends, 10 reloads, 5 restarts: {load.ok} ok, "
+              f"{load.failed} failed, {load.refused} refused")
+
+
+def test_append_is_served_by_every_worker_at_once(site: dict[str, Any]) -> None:
+    with RunningForkd(site["tap"], workers=2, extra_paths=[str(site["dir"])]) as forkd:
+        workers = forkd.wait_workers(2)
+        port = free_port()
+        started = time.monotonic()
+        request(site["ctl"], "append", {"name": "pidtap", "options": ["--port", str(port)]})
+        returned = time.monotonic()
+        first = ask(port)  # the very next connection is served
+        first_served = time.monotonic()
+        seen = {first[1]}
+        for _ in range(400):
+            if seen == workers:
+                break
+            seen.add(ask(port)[1])
+        assert seen == workers  # every worker serves the new port
+        print(f"\nappend: command {1000 * (returned - started):.1f} ms, "
+              f"first request served {1000 * (first_served - started):.1f} ms after the command")
+
+
+def test_reload_with_a_tap_module_that_raises_at_import(site: dict[str, Any]) -> None:
+    env, ctl = site["env"], site["ctl"]
+    with RunningForkd(site["tap"], workers=2, extra_paths=[str(site["dir"])]) as forkd:
+        workers = forkd.wait_workers(2)
+        (site["dir"] / "pidtap.py").write_text(
+            'raise RuntimeError("pidtap is broken at import")\n' + PIDTAP)
+        with Load([site["port"]]) as load:
+            done = forkctl(ctl, "reload", env=env)
+            wait_for(lambda: load.ok > 20, message="requests after the failed reload")
+        assert done.returncode != 0
+        assert "pidtap is broken at import" in done.stderr
+        assert done.stderr.count("\n") == 1
+        assert (load.failed, load.refused) == (0, 0), load.errors[:5]
+        assert forkd.worker_pids() == workers  # the old workers keep serving
+        assert ask(site["port"])[0] == "hello"
+
+
+def test_seed_session_over_forkctl_shell_and_telnet(site: dict[str, Any]) -> None:
+    tmp: pathlib.Path = site["dir"]
+    env = site["env"]
+    (tmp / "pw").write_text("open-sesame\n")
+    telnet_port, echo_port = free_port(), free_port()
+    made = subprocess.run(
+        [sys.executable, "-m", "forkd.cli.mktap", "--append", site["tap"], "telnet",
+         "--port", str(telnet_port), "--password-file", str(tmp / "pw")],
+        env=env, capture_output=True, text=True, timeout=30, cwd=tmp)
+    assert made.returncode == 0, made.stderr
+    with RunningForkd(site["tap"], workers=2, extra_paths=[str(tmp)]) as forkd:
+        workers = forkd.wait_workers(2)
+        # telnet: a wrong password gets no shell
+        with socket.create_connection(("127.0.0.1", telnet_port), timeout=5) as sock:
+            sock.sendall(b"admin\r\nwrong\r\napplication\r\n")
+            data = b""
+            while chunk := sock.recv(4096):
+                data += chunk
+        assert b"login incorrect" in data and b">>> " not in data
+        # telnet: the seed's first steps
+        with socket.create_connection(("127.0.0.1", telnet_port), timeout=5) as sock:
+            sock.sendall(b"admin\r\nopen-sesame\r\nimport __main__\r\n"
+                         b"__main__.application.ports\r\n")
+            data = b""
+            while b"ShellFactory" not in data or not data.endswith(b">>> "):
+                chunk = sock.recv(4096)
+                assert chunk, data
+                data += chunk
+        assert b"PidFactory on 127.0.0.1:" in data
+        # forkctl shell: the rest of the seed's session
+        lines = iter([
+            "import __main__",
+            "from workers.echo import EchoFactory",
+            f"__main__.application.listenTCP({echo_port}, EchoFactory(), "
+            "interface='127.0.0.1')",
+            "__main__.application.ports[0].factory.greeting = 'changed'",
+            "__main__.application.save('known-good')",
+        ])
+
+        def read(prompt: str) -> str:
+            try:
+                return next(lines)
+            except StopIteration:
+                raise EOFError from None
+
+        out = io.StringIO()
+        assert shell_command.interact(site["ctl"], read=read, out=out, timeout=30) == 0
+        assert "rolling restart started" in out.getvalue(), out.getvalue()
+        with socket.create_connection(("127.0.0.1", echo_port), timeout=5) as sock:
+            sock.sendall(b"ping")
+            assert sock.recv(4) == b"ping"  # listenTCP served live
+        new = forkd.wait_workers(2, exclude=workers)  # the rolling restart
+        assert all(ask(site["port"])[0] == "changed" for _ in range(20))
+        assert forkd.worker_pids() == new
+        done = forkctl(site["ctl"], "stop", env=env)
+        assert done.returncode == 0, done.stderr
+        forkd.process.wait(30)  # type: ignore[union-attr]
+    known_good, shutdown = tmp / "app-known-good.tap", tmp / "app-shutdown.tap"
+    assert known_good.exists() and shutdown.exists()
+    for saved in (known_good, shutdown):
+        assert tapfile.load(str(saved)).ports[0].factory.greeting == "changed"
+        with RunningForkd(str(saved), workers=1, extra_paths=[str(tmp)]):
+            assert ask(site["port"])[0] == "changed"
+            with socket.create_connection(("127.0.0.1", echo_port), timeout=5) as sock:
+                sock.sendall(b"pong")
+                assert sock.recv(4) == b"pong"
+
+
+def test_random_control_messages_leave_the_real_master_serving(site: dict[str, Any]) -> None:
+    rng = random.Random(4)
+    with RunningForkd(site["tap"], workers=1, extra_paths=[str(site["dir"])]):
+        ctl = site["ctl"]
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(ctl)
+        for n in range(10_000):
+            if n % 500 == 499:  # garbage that breaks the framing: the master closes
+                sock.sendall(rng.randbytes(rng.randrange(8, 64)))
+                sock.close()
+                sock = socket.socket(socket.AF_UNIX)
+                sock.connect(ctl)
+                continue
+            if n % 97 == 0:  # a truncated frame, then hang up
+                sock.sendall(encode({"version": 1, "command": "status"})[: rng.randrange(1, 20)])
+                sock.close()
+                sock = socket.socket(socket.AF_UNIX)
+                sock.connect(ctl)
+                continue
+            body = rng.randbytes(rng.randrange(0, 40))
+            sock.sendall(HEADER.pack(len(body)) + body)
+            header = sock.recv(4, socket.MSG_WAITALL)
+            (length,) = HEADER.unpack(header)
+            assert b'"ok":false' in sock.recv(length, socket.MSG_WAITALL)
+        sock.close()
+        assert request(ctl, "status")["workers"]
+        assert ask(site["port"])[0] == "hello"
+

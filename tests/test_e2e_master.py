@@ -1,0 +1,303 @@
+"""`forkd start` end to end: real master and worker processes on 127.0.0.1 free ports."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import threading
+from collections import Counter
+
+import probetap
+import pytest
+
+from forkd.testing import RunningForkd, forkd_command, forkd_env, free_port, wait_for
+
+TESTS = str(pathlib.Path(__file__).resolve().parent)
+pytestmark = pytest.mark.timeout(90)
+
+
+def run_forkd(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(forkd_command(*args), env=forkd_env([TESTS]), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def echo_tap(directory: pathlib.Path, port: int) -> str:
+    result = subprocess.run(
+        [*forkd_command()[:2], "forkd.cli.mktap", "-o", str(directory / "echo.tap"), "echo",
+         "--port", str(port), "--interface", "127.0.0.1"],
+        env=forkd_env(), capture_output=True, text=True, timeout=30, check=True,
+    )
+    assert "wrote" in result.stderr
+    return str(directory / "echo.tap")
+
+
+def echo_once(port: int, payload: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(payload)
+        data = b""
+        while len(data) < len(payload):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+def request(sock: socket.socket, line: str) -> str:
+    sock.sendall(line.encode() + b"\n")
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode().strip()
+
+
+def test_daemonized_start_stop_and_shutdown_tap_starts_again(tmp_path: pathlib.Path) -> None:
+    port = free_port()
+    tap = echo_tap(tmp_path, port)
+    started = run_forkd("start", tap, "-w", "2")
+    assert started.returncode == 0, started.stderr
+    pid = int((tmp_path / "echo.pid").read_text())
+    try:
+        assert echo_once(port, b"hello forkd") == b"hello forkd"  # served when start returns
+        status = run_forkd("status", tap)
+        assert status.returncode == 0 and f"master pid {pid}" in status.stdout
+        assert (tmp_path / "echo.log").exists()
+    finally:
+        stopped = run_forkd("stop", tap)
+    assert stopped.returncode == 0, stopped.stderr
+    assert not (tmp_path / "echo.pid").exists()
+    shutdown_tap = tmp_path / "echo-shutdown.tap"
+    assert shutdown_tap.exists()
+    with RunningForkd(str(shutdown_tap), workers=1):
+        assert echo_once(port, b"again") == b"again"
+    assert run_forkd("status", tap).returncode == 1
+
+
+def test_two_workers_share_one_socket(tmp_path: pathlib.Path) -> None:
+    port = free_port()
+    tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
+    with RunningForkd(tap, workers=2, extra_paths=[TESTS]) as forkd:
+        workers = forkd.wait_workers(2)
+        counts: Counter[int] = Counter()
+        held = []
+        for _ in range(200):  # keep connections open so the busy worker stays busy
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            held.append(sock)
+            counts[int(request(sock, "pid"))] += 1
+            if len(counts) == 2 and min(counts.values()) >= 5:
+                break
+        for sock in held:
+            sock.close()
+        print(f"per-worker connections: {dict(counts)}")
+        assert set(counts) == workers, counts
+
+
+def test_sigkill_worker_under_load_is_replaced(tmp_path: pathlib.Path) -> None:
+    port = free_port()
+    tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
+    with RunningForkd(tap, workers=2, extra_paths=[TESTS]) as forkd:
+        forkd.wait_workers(2)
+        by_worker: dict[int, list[socket.socket]] = {}
+        for _ in range(200):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            by_worker.setdefault(int(request(sock, "pid")), []).append(sock)
+            if len(by_worker) == 2 and min(len(v) for v in by_worker.values()) >= 3:
+                break
+        victim, survivor = sorted(by_worker)
+        stop = threading.Event()
+        served = Counter()
+
+        def load() -> None:
+            while not stop.is_set():
+                try:
+                    served[probetap.ask(port, "pid", timeout=2)] += 1
+                except OSError:
+                    served["error"] += 1
+
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        try:
+            wait_for(lambda: sum(served.values()) > 50, message="load running")
+            os.kill(victim, signal.SIGKILL)
+            new = forkd.wait_workers(2, exclude={victim})
+            for number, sock in enumerate(by_worker[survivor]):  # untouched connections
+                assert request(sock, f"req {number}") == f"ok {number} {survivor}"
+            before = sum(served.values())
+            wait_for(lambda: sum(served.values()) > before + 50, message="load after kill")
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+            for socks in by_worker.values():
+                for sock in socks:
+                    sock.close()
+        assert forkd.process.poll() is None  # the master lives
+        assert survivor in new
+        assert "killed by SIGKILL" in forkd.log()
+    print(f"load during the kill: {dict(served)}")
+
+
+def test_ttin_and_ttou_change_the_worker_count(tmp_path: pathlib.Path) -> None:
+    tap = probetap.make_tap(str(tmp_path / "probe.tap"), free_port())
+    with RunningForkd(tap, workers=2, extra_paths=[TESTS]) as forkd:
+        forkd.wait_workers(2)
+        forkd.signal(signal.SIGTTIN)
+        forkd.wait_workers(3)
+        forkd.signal(signal.SIGTTOU)
+        forkd.wait_workers(2)  # wait: the kernel merges a second TTOU sent while one pends
+        forkd.signal(signal.SIGTTOU)
+        forkd.wait_workers(1)
+
+
+def test_blocked_worker_is_aborted_after_timeout_and_replaced(tmp_path: pathlib.Path) -> None:
+    port = free_port()
+    tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
+    with RunningForkd(tap, "--timeout", "2", workers=1, extra_paths=[TESTS]) as forkd:
+        (stuck,) = forkd.wait_workers(1)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"block\n")
+            forkd.wait_workers(1, exclude={stuck}, timeout=20)
+        assert probetap.ask(port, "pid") != str(stuck)
+        log = forkd.log()
+        assert "sent no heartbeat" in log and "SIGABRT" in log
+        assert "probetap.py" in log  # faulthandler's traceback of the stuck worker
+
+
+def test_factory_raising_in_dostart_fails_the_start(tmp_path: pathlib.Path) -> None:
+    tap = probetap.make_tap(str(tmp_path / "probe.tap"), free_port(), fail="no database here")
+    for extra in ([], ["-n"]):
+        result = run_forkd("start", tap, "-w", "2", *extra)
+        assert result.returncode != 0
+        assert "ValueError: no database here" in result.stderr.splitlines()[-1]
+    assert not (tmp_path / "probe.pid").exists()
+    assert not (tmp_path / "probe-shutdown.tap").exists()
+
+
+def test_port_in_use_fails_naming_the_address(tmp_path: pathlib.Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
+        for extra in ([], ["-n"]):
+            result = run_forkd("start", tap, *extra)
+            assert result.returncode == 1
+            assert f"127.0.0.1:{port}" in result.stderr and "in use" in result.stderr
+
+
+def test_stale_pidfile_does_not_block_but_a_live_one_does(tmp_path: pathlib.Path) -> None:
+    tap = probetap.make_tap(str(tmp_path / "probe.tap"), free_port())
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / "probe.pid").write_text(f"{dead.pid}\n")
+    with RunningForkd(tap, workers=1, extra_paths=[TESTS]) as forkd:
+        assert (tmp_path / "probe.pid").read_text().strip() == str(forkd.pid)
+        second = run_forkd("start", tap, "-n")
+        assert second.returncode == 1
+        assert f"already running (pid {forkd.pid})" in second.stderr
+
+
+def test_bad_tap_is_one_line(tmp_path: pathlib.Path) -> None:
+    bogus = tmp_path / "bogus.tap"
+    bogus.write_bytes(b"not a tap")
+    result = run_forkd("start", str(bogus))
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0 and "not a forkd tap file" in result.stderr
+
+
+def test_graceful_stop_under_load_loses_no_accepted_request(tmp_path: pathlib.Path) -> None:
+    port = free_port()
+    tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
+    forkd = RunningForkd(tap, "--graceful-timeout", "20", workers=2, extra_paths=[TESTS])
+    sent = Counter()
+    answered = Counter()
+    closed_by_server = Counter()
+
+    def client(number: int) -> None:
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+            for i in range(100000):
+                sent[number] += 1
+                reply = request(sock, f"req {i}")
+                if reply.startswith(f"ok {i} "):
+                    answered[number] += 1
+                if not reply or reply.endswith(" close"):
+                    closed_by_server[number] += 1
+                    return
+
+    with forkd:
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(20)]
+        for thread in threads:
+            thread.start()
+        wait_for(lambda: len(answered) == 20 and min(answered.values()) >= 10,
+                 message="every client served")
+        forkd.signal(signal.SIGTERM)
+        for thread in threads:
+            thread.join(30)
+        assert forkd.process.wait(30) == 0
+    print(f"graceful stop: sent {sum(sent.values())}, answered {sum(answered.values())}")
+    assert sent == answered
+    assert sum(closed_by_server.values()) == 20
+
+
+def test_master_has_one_thread_and_stable_fds_across_20_hups(tmp_path: pathlib.Path) -> None:
+    port = free_port()
+    tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
+    with RunningForkd(tap, workers=2, extra_paths=[TESTS]) as forkd:
+        proc = pathlib.Path(f"/proc/{forkd.pid}")
+
+        def fds() -> int:
+            return len(os.listdir(proc / "fd"))
+
+        workers = forkd.wait_workers(2)
+        baseline = None
+        for round_number in range(20):
+            forkd.signal(signal.SIGHUP)
+            workers = forkd.wait_workers(2, exclude=workers, timeout=20)
+            assert probetap.ask(port, "pid") in {str(pid) for pid in workers}
+            if baseline is None:
+                baseline = wait_for(fds, message="fds")
+            else:
+                wait_for(lambda expected=baseline: fds() == expected,
+                         message=f"fd count back to {baseline} after HUP {round_number + 1}")
+            assert len(os.listdir(proc / "task")) == 1
+        assert forkd.process.poll() is None
+
+
+def test_reload_with_a_tap_that_fails_validation_keeps_the_old_workers(
+    tmp_path: pathlib.Path,
+) -> None:
+    port = free_port()
+    tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
+    with RunningForkd(tap, workers=2, extra_paths=[TESTS]) as forkd:
+        workers = forkd.wait_workers(2)
+        pathlib.Path(tap).write_bytes(b"FORKDTAP 1 forkd=0.1.0\n" + b"garbage")
+        forkd.signal(signal.SIGHUP)
+        wait_for(lambda: "reload refused" in forkd.log(), message="reload refused")
+        assert "truncated or corrupt" in forkd.log()
+        assert forkd.worker_pids() == workers
+        assert probetap.ask(port, "pid") in {str(pid) for pid in workers}
+
+
+def test_reload_whose_new_workers_fail_to_boot_rolls_back(tmp_path: pathlib.Path) -> None:
+    port = free_port()
+    tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
+    with RunningForkd(tap, workers=2, extra_paths=[TESTS]) as forkd:
+        workers = forkd.wait_workers(2)
+        probetap.make_tap(tap, port, fail="the new code is broken")
+        forkd.signal(signal.SIGHUP)
+        wait_for(lambda: "rolled back" in forkd.log(), message="rollback")
+        assert "ValueError: the new code is broken" in forkd.log()
+        forkd.wait_workers(2)
+        assert forkd.worker_pids() == workers  # the old generation keeps serving
+        assert probetap.ask(port, "pid") in {str(pid) for pid in workers}
+        # a good tap on disk again: the next reload goes through
+        probetap.make_tap(tap, port)
+        forkd.signal(signal.SIGHUP)
+        forkd.wait_workers(2, exclude=workers)

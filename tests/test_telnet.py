@@ -1,0 +1,267 @@
+"""The telnet tap (workers/telnet.py) and the master-side driver (forkd.masterports)."""
+
+from __future__ import annotations
+
+import pickle
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fakemaster import FakeMaster
+
+from forkd import tapfile
+from forkd.app import Application
+from forkd.cli import mktap
+from forkd.control import ControlServer
+from forkd.ports import TCPPort
+from forkd.testing import StringTransport
+from forkd.usage import UsageError
+from workers import telnet
+from workers.echo import EchoFactory
+
+IAC_WILL_ECHO = bytes([255, 251, 1])
+IAC_WONT_ECHO = bytes([255, 252, 1])
+
+
+# -- options and the tap --------------------------------------------------------------------
+def test_no_password_no_tap() -> None:
+    with pytest.raises(UsageError, match="password is required"):
+        telnet.Options().parseOptions(["--port", "4040"])
+
+
+def test_password_and_password_file_are_exclusive(tmp_path: Any) -> None:
+    (tmp_path / "pw").write_text("secret\n")
+    with pytest.raises(UsageError, match="not both"):
+        telnet.Options().parseOptions(["--password", "x", "--password-file", str(tmp_path / "pw")])
+
+
+def test_unreadable_password_file(tmp_path: Any) -> None:
+    with pytest.raises(UsageError, match="cannot read password file"):
+        telnet.Options().parseOptions(["--password-file", str(tmp_path / "missing")])
+
+
+def test_tap_stores_only_a_salted_hash_and_binds_loopback(tmp_path: Any) -> None:
+    (tmp_path / "pw").write_text("s3cret-pass\n")
+    config = telnet.Options()
+    config.parseOptions(["--port", "0", "--username", "root", "--password-file",
+                         str(tmp_path / "pw")])
+    app = Application("app")
+    ports = telnet.getPorts(app, config)
+    (port, factory), = ports
+    assert port.interface == "127.0.0.1"
+    assert factory.servedByMaster is True
+    assert factory.username == "root"
+    data = pickle.dumps(factory)
+    assert b"s3cret-pass" not in data
+    assert telnet.verify_password("s3cret-pass", factory.passwordHash)
+    assert not telnet.verify_password("s3cret-pas", factory.passwordHash)
+    other = telnet.Options()
+    other.parseOptions(["--password", "s3cret-pass"])
+    assert other["password-hash"] != config["password-hash"]  # salted
+
+
+def test_mktap_append_telnet(tmp_path: Any, monkeypatch: Any) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert mktap.main(["echo", "--port", "0"]) == 0
+    (tmp_path / "pw").write_text("correct-horse-battery\n")
+    assert mktap.main(["--append", "echo.tap", "telnet", "--port", "4040",
+                       "--password-file", "pw"]) == 0
+    app = tapfile.load(str(tmp_path / "echo.tap"))
+    assert [p.key for p in app.ports][1] == "tcp:127.0.0.1:4040"
+    data = (tmp_path / "echo.tap").read_bytes()
+    assert b"correct-horse-battery" not in data and b"scrypt$" in data
+    with pytest.raises(SystemExit) as refused:  # no password: no tap
+        mktap.main(["--append", "echo.tap", "telnet", "--port", "4041"])
+    assert refused.value.code == 2
+
+
+def test_verify_password_rejects_garbage_hashes() -> None:
+    for stored in ("", "plain", "md5$1$1$1$00$00", "scrypt$x$8$1$00$00", "scrypt$16384$8$1$zz$00"):
+        assert telnet.verify_password("anything", stored) is False
+
+
+# -- the protocol on a StringTransport ------------------------------------------------------
+@pytest.fixture
+def master(tmp_path: Any) -> Iterator[FakeMaster]:
+    app = Application("app")
+    app.tapfile = str(tmp_path / "app.tap")
+    fake = FakeMaster(app)
+    yield fake
+    for port in app.ports:
+        port.stopListening()
+
+
+def make_factory(password: str = "letmein") -> telnet.ShellFactory:
+    return telnet.ShellFactory("admin", telnet.hash_password(password))
+
+
+def connect(master: FakeMaster, factory: telnet.ShellFactory) -> tuple[Any, StringTransport]:
+    protocol = factory.buildProtocol(("INET", "127.0.0.1", 1))
+    protocol.master = master
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def feed(protocol: Any, data: bytes, chunk: int) -> None:
+    for start in range(0, len(data), chunk):
+        protocol.dataReceived(data[start : start + chunk])
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 1000])
+def test_login_then_shell_in_any_chunk_size(master: FakeMaster, chunk: int) -> None:
+    protocol, transport = connect(master, make_factory())
+    assert transport.value().endswith(b"username: ")
+    feed(protocol, b"admin\r\n", chunk)
+    assert transport.value().endswith(IAC_WILL_ECHO + b"password: ")
+    # the client's answer to WILL ECHO (IAC DO ECHO) arrives mixed into the password line
+    feed(protocol, bytes([255, 253, 1]) + b"letmein\r\x00", chunk)
+    assert IAC_WONT_ECHO in transport.value()
+    assert transport.value().endswith(b">>> ")
+    transport.clear()
+    feed(protocol, b"application.name\r\n", chunk)
+    assert transport.value() == b"'app'\r\n>>> "
+    transport.clear()
+    feed(protocol, b"if True:\r\n    print(1)\r\n\r\n", chunk)
+    assert transport.value() == b"... ... 1\r\n>>> "
+    assert not transport.disconnecting
+
+
+def test_wrong_password_is_refused_with_no_shell(master: FakeMaster) -> None:
+    protocol, transport = connect(master, make_factory())
+    protocol.dataReceived(b"admin\r\nwrong\r\napplication.name\r\n")
+    assert b"login incorrect" in transport.value()
+    assert b">>> " not in transport.value() and b"'app'" not in transport.value()
+    assert transport.disconnecting and protocol.shell is None
+
+
+def test_wrong_username_is_refused(master: FakeMaster) -> None:
+    protocol, transport = connect(master, make_factory())
+    protocol.dataReceived(b"root\nletmein\n")
+    assert b"login incorrect" in transport.value() and transport.disconnecting
+
+
+def test_overlong_login_line_closes(master: FakeMaster) -> None:
+    protocol, transport = connect(master, make_factory())
+    protocol.dataReceived(b"a" * 5000)
+    assert transport.disconnecting and b"too long" in transport.value()
+
+
+def test_telnet_negotiation_and_subnegotiation_are_ignored(master: FakeMaster) -> None:
+    protocol, transport = connect(master, make_factory())
+    noise = bytes([255, 250, 24, 1, 65, 66, 255, 240, 255, 244, 255, 251, 3])
+    protocol.dataReceived(noise + b"adm" + noise + b"in\n" + b"letmein\n")
+    assert transport.value().endswith(b">>> ")
+
+
+# -- over a real socket, served by the master's loop ----------------------------------------
+class TelnetClient:
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.received = b""
+
+    def until(self, marker: bytes, timeout: float = 5.0) -> bytes:
+        deadline = time.monotonic() + timeout
+        while marker not in self.received:
+            assert time.monotonic() < deadline, f"no {marker!r} in {self.received!r}"
+            data = self.sock.recv(65536)
+            if not data:
+                break
+            self.received += data
+        head, _, self.received = self.received.partition(marker)
+        return head + (marker if _ else b"")
+
+    def send(self, line: str) -> None:
+        self.sock.sendall(line.encode() + b"\r\n")
+
+    def closed(self) -> bool:
+        try:
+            while data := self.sock.recv(65536):
+                self.received += data
+        except OSError:
+            pass
+        return True
+
+
+@pytest.fixture
+def served(master: FakeMaster, tmp_path: Any) -> Iterator[tuple[FakeMaster, int]]:
+    """An application with an echo port and a telnet port the master itself serves."""
+    app = master.application
+    app.listenTCP(0, EchoFactory(), interface="127.0.0.1")
+    port = app.listenTCP(0, make_factory("pw"), interface="127.0.0.1")
+    control = ControlServer(master, str(tmp_path / "app.ctl"))
+    control.listen()
+    with master.running():
+        yield master, port.port
+    control.close()
+    assert master.loop_errors == []
+
+
+def test_seed_session_over_telnet(served: tuple[FakeMaster, int], tmp_path: Any) -> None:
+    master, port = served
+    client = TelnetClient(port)
+    client.until(b"username: ")
+    client.send("admin")
+    assert client.until(b"password: ").endswith(IAC_WILL_ECHO + b"password: ")
+    client.send("pw")
+    client.until(b">>> ")
+    client.send("import __main__")
+    client.until(b">>> ")
+    client.send("__main__.application.ports")
+    listing = client.until(b">>> ")
+    assert b"EchoFactory on 127.0.0.1:" in listing and b"ShellFactory on 127.0.0.1:" in listing
+    client.send("from workers.echo import EchoFactory")
+    client.until(b">>> ")
+    client.send("p = __main__.application.listenTCP(0, EchoFactory(), interface='127.0.0.1')")
+    client.until(b">>> ")
+    client.send("p.port")
+    new_port = int(client.until(b">>> ").split(b"\r\n")[0])
+    socket.create_connection(("127.0.0.1", new_port), timeout=2).close()  # bound, listening
+    client.send("__main__.application.ports[0].factory.greeting = 'hi'")
+    assert b"rolling restart started" in client.until(b">>> ")
+    client.send("__main__.application.save('known-good')")
+    client.until(b">>> ")
+    saved = tapfile.load(str(tmp_path / "app-known-good.tap"))
+    assert saved.ports[0].factory.greeting == "hi" and len(saved.ports) == 3
+    assert master.changes == 1
+    client.sock.close()
+
+
+def test_wrong_password_over_a_real_socket(served: tuple[FakeMaster, int]) -> None:
+    master, port = served
+    client = TelnetClient(port)
+    client.until(b"username: ")
+    client.send("admin")
+    client.until(b"password: ")
+    client.send("not-the-password")
+    client.send("application.name")
+    assert client.closed()
+    assert b"login incorrect" in client.received
+    assert b">>> " not in client.received and b"'app'" not in client.received
+    client.sock.close()
+
+
+def test_control_server_serves_and_unserves_master_ports(
+    master: FakeMaster, tmp_path: Any
+) -> None:
+    """What the real master calls: control.serve_port / unserve_port / client_fds."""
+    control = ControlServer(master, str(tmp_path / "c.ctl"))
+    control.listen()
+    port = TCPPort(0, make_factory("pw"), interface="127.0.0.1")
+    port.startListening()
+    control.serve_port(port)
+    server = control.master_ports[port.key]
+    sock = socket.create_connection(("127.0.0.1", port.port), timeout=5)
+    master.run_until(lambda: len(server.connections) == 1)
+    assert len(control.client_fds()) == 1
+    control.unserve_port(port)
+    assert port.socket is None and control.master_ports == {}
+    received = b""
+    while data := sock.recv(4096):
+        received += data
+    assert received == b"forkd shell\r\nusername: "  # greeted, then closed by unserve
+    sock.close()
+    control.close()
+    assert master.loop_errors == []
