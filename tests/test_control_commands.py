@@ -19,6 +19,7 @@ from forkd.commands import status as status_command
 from forkd.control import ControlServer
 from forkd.control_client import Connection, ControlError
 from forkd.ports import port_key
+from forkd.testing import wait_for
 from workers.echo import EchoFactory
 
 
@@ -234,7 +235,8 @@ def test_reopen_and_stop(ctl: Connection, master: FakeMaster) -> None:
     assert ctl.call("reopen") == {}
     assert ctl.call("stop", {"now": True}) == {"pid": os.getpid(), "graceful": False}
     assert ctl.call("stop") == {"pid": os.getpid(), "graceful": True}
-    assert ("stop", False) in master.calls and ("stop", True) in master.calls
+    # the reply goes out before the master acts on it, so wait for the call to land
+    wait_for(lambda: ("stop", False) in master.calls and ("stop", True) in master.calls, 5)
     with pytest.raises(ControlError, match="true or false"):
         ctl.call("stop", {"now": "yes"})
 
