@@ -34,12 +34,15 @@ class ConnectionStats:
     made and remove themselves when it is lost, and HTTP-like protocols count requests.
     """
 
-    __slots__ = ("open", "accepted", "requests")
+    __slots__ = ("open", "accepted", "requests", "draining")
 
     def __init__(self) -> None:
         self.open: set[Protocol] = set()
         self.accepted = 0
         self.requests = 0
+        # Set by the worker when a graceful stop begins: a connection the event loop had
+        # already accepted but not yet handed to its protocol is told to drain on arrival.
+        self.draining = False
 
 
 stats = ConnectionStats()
@@ -199,6 +202,8 @@ class Protocol(asyncio.Protocol):
         stats.accepted += 1
         stats.open.add(self)
         self.makeConnection(Transport(transport), self.server)
+        if stats.draining:
+            self.connectionDraining()
 
     def connection_lost(self, exc: Exception | None) -> None:
         stats.open.discard(self)

@@ -211,6 +211,7 @@ class Worker:
     async def drain(self, graceful: bool) -> None:
         """Stop accepting, let open connections finish (graceful), then close the rest."""
         factories = []
+        stats.draining = True
         for key in list(self.servers):
             factories.append(self.unserve(key).factory)
         if graceful and stats.open:

@@ -296,3 +296,24 @@ def test_connection_lost_with_error_gives_connection_lost_reason() -> None:
     p.connection_lost(ConnectionResetError(104, "reset"))
     assert p.factory.events == [("lost", "ConnectionLost")]
     assert not isinstance(ConnectionDone(), proto_mod.ConnectionLost)
+
+
+def test_connection_arriving_while_the_worker_drains_is_told_to_drain() -> None:
+    """The loop may hand over a connection it accepted just before the servers closed."""
+    drained: list[bool] = []
+
+    class Draining(ModernEcho):
+        def connectionDraining(self) -> None:
+            drained.append(True)
+
+    p = Draining()
+    proto_mod.stats.draining = True
+    try:
+        p.connection_made(_FakeLoopTransport())  # type: ignore[arg-type]
+    finally:
+        proto_mod.stats.draining = False
+    assert drained == [True]
+    q = Draining()
+    q.connection_made(_FakeLoopTransport())  # type: ignore[arg-type]
+    assert drained == [True]
+    proto_mod.stats.open.clear()

@@ -350,9 +350,38 @@ def test_no_timeout_while_a_response_is_in_progress() -> None:
     assert not transport.disconnecting
 
 
-def test_drain_closes_an_idle_connection_at_once() -> None:
-    channel, transport, _ = make()
+def test_drain_answers_a_request_sent_within_the_grace_with_connection_close() -> None:
+    # A keep-alive client in a tight loop is "idle" for microseconds between requests:
+    # closing then would lose the request it is sending.
+    channel, transport, clock = make(drainIdleTimeout=1.0)
     channel.dataReceived(GET)
+    channel.connectionDraining()
+    assert not transport.disconnecting
+    clock.advance(0.5)
+    transport.clear()
+    channel.dataReceived(GET)
+    [response] = responses(transport)
+    assert response.status == 200 and response.headers[b"connection"] == b"close"
+    assert transport.disconnecting
+
+
+def test_drain_closes_a_connection_that_stays_idle_for_the_grace() -> None:
+    channel, transport, clock = make(drainIdleTimeout=1.0)
+    channel.dataReceived(GET)
+    channel.connectionDraining()
+    clock.advance(0.5)
+    assert not transport.disconnecting
+    for _ in range(8):
+        clock.advance(0.25)
+    assert transport.disconnecting
+
+
+def test_drain_closes_a_long_idle_connection_at_once() -> None:
+    channel, transport, clock = make(drainIdleTimeout=1.0)
+    channel.dataReceived(GET)
+    for _ in range(8):
+        clock.advance(0.25)
+    assert not transport.disconnecting  # keep-alive: 75 s
     channel.connectionDraining()
     assert transport.disconnecting
 

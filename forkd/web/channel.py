@@ -239,9 +239,6 @@ class HTTPChannel(Protocol):
             return
         if self._queue:
             self._answerQueued()
-        elif self._draining and self._state == IDLE:
-            self._closing = True
-            self.transport.loseConnection()
 
     def _answerQueued(self) -> None:
         queue = self._queue
@@ -338,6 +335,8 @@ class HTTPChannel(Protocol):
         elapsed = now - self._since
         if state == IDLE:
             limit = site.keepAliveTimeout if self._served else site.headerTimeout
+            if self._draining:
+                limit = min(limit, site.drainIdleTimeout)
             if elapsed >= limit and not self._queue:
                 self._closing = True
                 self.transport.loseConnection()
@@ -374,9 +373,13 @@ class HTTPChannel(Protocol):
             return None
 
     def connectionDraining(self) -> None:
-        """The worker is stopping: close if idle, else after the responses in progress."""
+        """The worker is stopping: finish the responses in progress, answer the next request
+        with `Connection: close`, and close a connection only once it has stayed idle for
+        Site.drainIdleTimeout (closing the moment it is idle races a keep-alive client that
+        is sending its next request right then: the request would be lost)."""
         self._draining = True
-        if self._active is None and self._state == IDLE and not self._queue:
+        idle = self._active is None and self._state == IDLE and not self._queue
+        if idle and self._timeouts.now - self._since >= self._site.drainIdleTimeout:
             self._closing = True
             self.transport.loseConnection()
 

@@ -47,6 +47,10 @@ class Site(Factory):
     #: seconds output may wait on a peer that takes none of it before the connection is
     #: aborted (nginx send_timeout 60s); any progress restarts the clock
     sendTimeout = 60.0
+    #: seconds a keep-alive connection may stay idle once its worker drains: a client that
+    #: sends its next request within this grace gets it answered with `Connection: close`
+    #: instead of finding the connection closed under its feet mid-send
+    drainIdleTimeout = 1.0
     #: seconds input is read and discarded after an error response before closing
     lingerTimeout = 2.0
     #: pipelined requests held while a response is in progress before reading pauses
@@ -89,6 +93,7 @@ class Site(Factory):
             self.keepAliveTimeout,
             self.lingerTimeout,
             self.sendTimeout,
+            self.drainIdleTimeout,
         )
         return max(0.01, min(1.0, shortest / 4))
 
