@@ -12,6 +12,7 @@ shell session lives as long as its connection).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import json
@@ -72,10 +73,9 @@ class Connection:
             self.sock.settimeout(timeout)
         message = {"version": VERSION, "id": request_id, "command": command, "args": args or {}}
         try:
-            try:
+            # forkd may hang up first (a refusal): its reason is then waiting to be read
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 self.sock.sendall(encode(message))
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # forkd hung up first (a refusal): its reason may be waiting to be read
             response = self._receive()
         except TimeoutError:
             raise ControlError(f"{command}: no answer from forkd within the timeout") from None
