@@ -23,6 +23,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+# Imported here, not where used: after `-u` drops privileges, modules the new user may not
+# read (a Python installed under /root) can no longer be imported.
+import psutil  # noqa: F401  (forkd.status reads worker RSS with it)
+import setproctitle
+
 from forkd import logs
 from forkd.changes import ChangesMixin
 from forkd.channel import Channel, ChannelClosed, ChannelError
@@ -173,10 +178,7 @@ class Master(ChangesMixin):
         """Serve until stopped; return the exit code."""
         self.loop.watch_signals([getattr(signal, f"SIG{name}") for name in HANDLED_SIGNALS])
         title = os.path.basename(self.tapfile)
-        with contextlib.suppress(ImportError):
-            import setproctitle
-
-            setproctitle.setproctitle(f"forkd: master [{title}]")
+        setproctitle.setproctitle(f"forkd: master [{title}]")
         log.info(
             "master starting: %s, %d worker(s), ports %s",
             self.tapfile, self.target, ", ".join(port_key(p) for p in self.application.ports),
@@ -217,8 +219,7 @@ class Master(ChangesMixin):
                 os.kill(worker.pid, signal.SIGKILL)
         if self.save_on_stop and self.exit_code == 0:
             try:
-                path = self.application.save("shutdown")
-                log.info("saved %s", path)
+                self.application.save("shutdown")  # logged by applicationSaved
             except Exception as error:
                 log.error("cannot save the shutdown tap: %s", error)
         for port in self.application.ports:

@@ -232,6 +232,7 @@ class RunningForkd:
             _os.unlink(notify_path)
         notify = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
         notify.bind(notify_path)
+        _os.chmod(notify_path, 0o666)  # as systemd's: reachable after forkd drops privileges
         env = dict(self.env, NOTIFY_SOCKET=notify_path)
         command = forkd_command("start", self.tap, "-n", "-w", str(self.workers), *self.args)
         with open(self.log_path, "wb") as stderr:

@@ -28,6 +28,8 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+import setproctitle
+
 from forkd import logs
 from forkd.channel import Channel, ChannelClosed, ChannelError
 from forkd.ports import port_key
@@ -124,10 +126,7 @@ class Worker:
             faulthandler.enable(file=self.log_setup.fault_fd(), all_threads=True)
         else:
             faulthandler.enable(all_threads=True)
-        with contextlib.suppress(ImportError):
-            import setproctitle
-
-            setproctitle.setproctitle(f"forkd: {role} [{self.settings.title}]")
+        setproctitle.setproctitle(f"forkd: {role} [{self.settings.title}]")
         self.loop = new_event_loop()
         asyncio.set_event_loop(self.loop)
         try:
@@ -238,8 +237,16 @@ class Worker:
         log.info("stopped after %d connection(s)", stats.accepted)
 
     def reopen_logs(self) -> None:
+        """USR1 (logrotate): the worker's own log, then every factory's (access logs)."""
         if self.log_setup is not None:
             self.log_setup.reopen()
+        for port, _server in self.servers.values():
+            reopen = getattr(port.factory, "reopenLogs", None)
+            if reopen is not None:
+                try:
+                    reopen()
+                except Exception:
+                    log.exception("reopenLogs of %r failed", port.factory)
 
     # -- the channel --------------------------------------------------------------------
     def send(self, message: dict[str, Any]) -> None:

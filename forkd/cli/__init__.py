@@ -1,1 +1,31 @@
 """Command-line entry points: thin layers that parse, call, print and exit."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+EXIT_CLOSED_PIPE = 141  # what a shell reports for a command killed by SIGPIPE
+
+
+def quiet_on_closed_pipe(main: Callable[..., int]) -> Callable[..., int]:
+    """`forkctl status | head`: stop quietly when the reader goes away, as Unix tools do.
+
+    Not by restoring SIGPIPE's default action: these mains also run inside other Python
+    processes (the tests), which must keep getting EPIPE as an exception."""
+
+    @functools.wraps(main)
+    def run(*args: Any, **kwargs: Any) -> int:
+        try:
+            return main(*args, **kwargs)
+        except BrokenPipeError:
+            # later flushes of stdout (at exit) must not raise again
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+            return EXIT_CLOSED_PIPE
+
+    return run

@@ -15,6 +15,7 @@ import glob
 import os
 import sys
 
+from forkd.cli import quiet_on_closed_pipe
 from forkd.commands import COMMANDS, summary
 from forkd.control_client import ControlError, request
 
@@ -61,6 +62,7 @@ def find_socket(given: str | None, directory: str = ".") -> str:
     raise NoSocket(f"several control sockets here ({names}); choose one with -c")
 
 
+@quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     module = COMMANDS[args.command]

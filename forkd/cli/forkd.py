@@ -12,14 +12,16 @@ ready (exit 0); otherwise it prints the reason on one line and exits 1. Exit 2: 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
-import socket
-import struct
 import sys
 import time
 from typing import Any
+
+from forkd.commands.status import table as status_table
+from forkd.control_client import ControlError, request
 
 EXIT_FAILURE = 1
 STOP_WAIT = 120.0
@@ -185,50 +187,22 @@ def stop(args: argparse.Namespace) -> int:
     raise Failure(f"pid {pid} did not stop within {STOP_WAIT:.0f}s")
 
 
-def ask_control(path: str, command: str) -> dict[str, Any] | None:
-    """One request over the control socket (protocol in docs/INTERNALS.md), or None."""
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(5.0)
-            sock.connect(path)
-            body = json.dumps({"version": 1, "id": 1, "command": command, "args": {}}).encode()
-            sock.sendall(struct.pack("!I", len(body)) + body)
-            header = sock.recv(4, socket.MSG_WAITALL)
-            (length,) = struct.unpack("!I", header)
-            data = b""
-            while len(data) < length:
-                chunk = sock.recv(length - len(data))
-                if not chunk:
-                    return None
-                data += chunk
-        reply = json.loads(data)
-    except (OSError, ValueError, struct.error):
-        return None
-    return reply if isinstance(reply, dict) else None
-
-
 def status(args: argparse.Namespace) -> int:
+    """The master's own status over the control socket (the same table as forkctl's),
+    or, with no control plane answering, what the process table says."""
     pid = master_pid(args)
     tap = os.path.abspath(args.tap)
-    reply = ask_control(os.path.abspath(args.control or beside(tap, ".ctl")), "status")
-    if reply and reply.get("ok") and isinstance(reply.get("result"), dict):
-        result = reply["result"]
-    else:  # no control plane: what the process table says
+    try:
+        result = request(os.path.abspath(args.control or beside(tap, ".ctl")), "status",
+                         timeout=5.0)
+    except (ControlError, OSError):
         import psutil
 
         children = psutil.Process(pid).children()
-        result = {"pid": pid, "workers": [{"pid": c.pid} for c in children]}
-    if args.json:
-        print(json.dumps(result, indent=2, sort_keys=True))
-        return 0
-    print(f"{os.path.basename(tap)}: running, master pid {pid}")
-    for worker in result.get("workers", []):
-        fields = " ".join(f"{k}={v}" for k, v in sorted(worker.items()) if k != "pid")
-        print(f"  worker pid {worker['pid']} {fields}".rstrip())
-    backoff = result.get("backoff") or {}
-    if backoff.get("failures"):
-        print(f"  backoff: {backoff['failures']} failure(s), next spawn in "
-              f"{backoff['next_spawn_in']}s")
+        result = {"pid": pid, "tapfile": tap, "workers": [{"pid": c.pid} for c in children]}
+    text = json.dumps(result, indent=2, sort_keys=True) if args.json else status_table(result)
+    with contextlib.suppress(BrokenPipeError):  # `forkd status app.tap | head`
+        print(text, flush=True)
     return 0
 
 

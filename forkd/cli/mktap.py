@@ -19,6 +19,7 @@ import sys
 
 from forkd import taps
 from forkd.app import Application
+from forkd.cli import quiet_on_closed_pipe
 from forkd.tapfile import TapError
 from forkd.tapfile import load as load_tap
 from forkd.usage import UsageError
@@ -122,6 +123,7 @@ def make(args: argparse.Namespace) -> str:
     return written
 
 
+@quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
