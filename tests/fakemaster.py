@@ -20,17 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from forkd.ports import port_key
-
-
-class Timer:
-    def __init__(self, when: float, callback: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        self.when = when
-        self.callback = callback
-        self.args = args
-        self.cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
+from forkd.testing import DelayedCall as Timer
 
 
 class FakeMaster:

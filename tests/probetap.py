@@ -70,19 +70,24 @@ def make_tap(path: str, port: int, fail: str | None = None, name: str = "probe")
     return str(application.save())
 
 
+def request(sock: Any, line: str) -> str:
+    """Send one line on `sock`; the reply line."""
+    sock.sendall(line.encode() + b"\n")
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return str(data.decode().strip())
+
+
 def ask(port: int, line: str, timeout: float = 5.0) -> str:
     """One request on a fresh connection; the reply line."""
     import socket
 
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(line.encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    return data.decode().strip()
+        return request(sock, line)
 
 
 def ports_of(application: Any) -> list[str]:

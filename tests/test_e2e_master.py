@@ -46,15 +46,7 @@ def echo_once(port: int, payload: bytes) -> bytes:
     return data
 
 
-def request(sock: socket.socket, line: str) -> str:
-    sock.sendall(line.encode() + b"\n")
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return data.decode().strip()
+request = probetap.request
 
 
 def test_daemonized_start_stop_and_shutdown_tap_starts_again(tmp_path: pathlib.Path) -> None:
