@@ -28,8 +28,9 @@ from typing import Any
 from forkd import logs
 from forkd.channel import ChannelClosed
 from forkd.ports import PortError, port_key
-from forkd.supervision import WorkerProcess, WorkerState
+from forkd.supervision import MasterState, WorkerProcess, WorkerState
 from forkd.worker import served_by_worker
+from forkd.worker_processes import WorkerProcessesMixin
 
 log = logs.get("master")
 
@@ -68,18 +69,16 @@ def call(done: Done | None, error: str | None, result: Any = None) -> None:
         log.exception("a completion callback failed")
 
 
-class ChangesMixin:
+class ChangesMixin(WorkerProcessesMixin):
     """Port changes, restart and reload for the Master (see the module docstring)."""
 
     # provided by Master
-    application: Any
-    workers: dict[int, WorkerProcess]
-    generation: int
     target: int
-    loop: Any
     control: Any
-    helpers: dict[int, Any]
-    tapfile: str
+    state: MasterState
+    serve_in_master: Callable[[Any], None]
+    unserve_in_master: Callable[[Any], None]
+    current_workers: Callable[[], list[WorkerProcess]]
 
     def init_changes(self) -> None:
         self.unsaved = False
@@ -96,7 +95,7 @@ class ChangesMixin:
             port.startListening()
         key = port_key(port)
         if not served_by_worker(port):
-            self.serve_in_master(port)  # type: ignore[attr-defined]
+            self.serve_in_master(port)
             call(done, None, {"key": key, "workers": 0})
             return
         try:
@@ -120,7 +119,7 @@ class ChangesMixin:
                 if self.send(worker, {"op": "remove_port", "key": key}):
                     change.waiting.add(worker.pid)
         else:
-            self.unserve_in_master(port)  # type: ignore[attr-defined]
+            self.unserve_in_master(port)
         log.info("port %s removed; %d worker(s) to stop serving it", key, len(change.waiting))
         self._track(change)
 
@@ -193,7 +192,7 @@ class ChangesMixin:
             call(done, f"cannot start the tap validator: {error}")
             return
         self.reloading = done if done is not None else (lambda error, result=None: None)
-        timer = self.loop.call_later(VALIDATE_TIMEOUT, lambda: self.kill(pid, signal.SIGKILL))  # type: ignore[attr-defined]
+        timer = self.loop.call_later(VALIDATE_TIMEOUT, lambda: self.kill(pid, signal.SIGKILL))
 
         def validated(status: int) -> None:
             timer.cancel()
@@ -216,7 +215,9 @@ class ChangesMixin:
             if w.state in (WorkerState.BOOTING, WorkerState.READY) and not w.channel.closed
         ]
 
-    def send(self, worker: WorkerProcess, message: dict[str, Any], fds: list[int] = ()) -> bool:  # type: ignore[assignment]
+    def send(
+        self, worker: WorkerProcess, message: dict[str, Any], fds: list[int] | tuple[int, ...] = ()
+    ) -> bool:
         """Send to a worker without blocking the loop; False if its channel is gone."""
         try:
             worker.channel.send(message, fds)
@@ -266,15 +267,15 @@ class ChangesMixin:
     def check_changes(self) -> None:
         """Finish a rollout once the whole new generation is ready."""
         rollout = self.rollout
-        if rollout is None or self.state.value != "running":  # type: ignore[attr-defined]
+        if rollout is None or self.state is not MasterState.RUNNING:
             return
-        current = self.current_workers()  # type: ignore[attr-defined]
+        current = self.current_workers()
         if len(current) < self.target or any(w.state is not WorkerState.READY for w in current):
             return
         self.rollout = None
         for worker in list(self.workers.values()):
             if worker.generation != self.generation and worker.alive_for_service:
-                self.stop_worker(worker, graceful=True)  # type: ignore[attr-defined]
+                self.stop_worker(worker, graceful=True)
         self.close_retired_ports()
         log.info("%s done: generation %d serves", rollout.kind, self.generation)
         for done in rollout.done:
@@ -290,7 +291,7 @@ class ChangesMixin:
         self.rollout = None
         for other in list(self.workers.values()):
             if other.generation == self.generation:
-                self.stop_worker(other, graceful=False)  # type: ignore[attr-defined]
+                self.stop_worker(other, graceful=False)
         self.generation = rollout.old_generation
         if rollout.rollback is not None:
             rollout.rollback()

@@ -5,12 +5,10 @@ served inside the master's single-threaded selectors loop: no thread, no asyncio
 only ever registers file objects with `master.add_reader(fileobj, callback)` (and
 `master.add_writer` when the master has it), and timers with `master.call_later`.
 
-Wire format (docs/INTERNALS.md, "Control socket protocol"): each message is a 4-byte
-big-endian length followed by that many bytes of a UTF-8 JSON object, at most 1 MiB.
-
-    request:  {"version": 1, "id": N, "command": "status", "args": {...}}
-    response: {"version": 1, "id": N, "ok": true, "result": {...}}
-              {"version": 1, "id": N, "ok": false, "error": "one line"}
+The wire format is in `forkd.control_wire`, one client's buffers and deadlines in
+`forkd.control_connection`, the answer to one request in `forkd.control_reply`; this module
+is the listening socket, admission, the sweep of stalled clients and request dispatch. The
+names of those modules stay importable from here.
 
 Why it is built this way:
 
@@ -24,7 +22,7 @@ Why it is built this way:
   master's own effective uid only), so file permissions are not the only guard.
 - Commands may finish later (append waits for every worker): a handler gets a `Reply` it may
   call at any time, exactly once. Replies can cross a re-exec (`Reply.detach`,
-  `ControlServer.adopt_reply`), which is how `forkctl reload` gets its answer from the new
+  `Reply.adopt`), which is how `forkctl reload` gets its answer from the new
   master image.
 """
 
@@ -42,12 +40,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from forkd.control_connection import MAX_OUTPUT_BUFFER, ClientConnection
+from forkd.control_reply import Reply
+from forkd.control_wire import HEADER, MAX_MESSAGE, VERSION, encode, error_response, one_line
+
+__all__ = [
+    "HEADER", "MAX_CLIENTS", "MAX_MESSAGE", "MAX_OUTPUT_BUFFER", "VERSION", "ClientConnection",
+    "CommandError", "ControlServer", "ControlSocketError", "Handler", "Reply", "check_path",
+    "encode", "error_response", "one_line", "peer_uid",
+]
+
 log = logging.getLogger("forkd.control")
 
-VERSION = 1
-HEADER = struct.Struct("!I")
-MAX_MESSAGE = 1 << 20  # 1 MiB, for requests and responses alike
-MAX_OUTPUT_BUFFER = 8 << 20  # a client that does not read its replies is closed beyond this
 MAX_CLIENTS = 128
 # sun_path is 108 bytes on Linux, including the terminating NUL.
 MAX_SOCKET_PATH = 107
@@ -72,17 +76,6 @@ def check_path(path: str) -> None:
         )
 
 
-def encode(message: dict[str, Any]) -> bytes:
-    """Frame one message: 4-byte big-endian length, then compact UTF-8 JSON."""
-    body = json.dumps(message, separators=(",", ":"), default=str).encode()
-    return HEADER.pack(len(body)) + body
-
-
-def one_line(text: str) -> str:
-    """Errors travel as one line: forkctl prints them as its single stderr line."""
-    return " ".join(str(text).split()) or "error"
-
-
 def peer_uid(sock: socket.socket) -> int:
     """The effective uid of the process at the other end, from the kernel (SO_PEERCRED)."""
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
@@ -97,273 +90,7 @@ def _summary(args: dict[str, Any]) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-Handler = Callable[[Any, dict[str, Any], "Reply"], None]
-
-
-class Reply:
-    """The answer to one request. Call it once: `reply(None, result)` or `reply("why", None)`.
-
-    Handlers that finish later keep it; `session` is a dict that lives as long as the client's
-    connection (the shell keeps its namespace there) and `uid` is the peer's uid.
-    """
-
-    def __init__(self, client: _Client | None, request_id: Any, command: str) -> None:
-        self._client = client
-        self.id = request_id
-        self.command = command
-        self.done = False
-        self.session: dict[str, Any] = client.session if client is not None else {}
-        self.uid: int | None = client.uid if client is not None else None
-        self._detached_fd: int | None = None
-
-    def __call__(self, error: str | None, result: dict[str, Any] | None = None) -> None:
-        if self.done:
-            log.warning("control: %s answered twice; second answer dropped", self.command)
-            return
-        self.done = True
-        if self._client is not None:
-            self._client.server.pending_replies.discard(self)
-        if error is not None:
-            message: dict[str, Any] = {
-                "version": VERSION, "id": self.id, "ok": False, "error": one_line(error),
-            }
-        else:
-            message = {"version": VERSION, "id": self.id, "ok": True, "result": result or {}}
-        if self._detached_fd is not None:
-            fd, self._detached_fd = self._detached_fd, None
-            _send_blocking(socket.socket(fileno=fd), encode(message))
-            return
-        if self._client is not None:
-            self._client.reply_sent(message)
-
-    def detach(self) -> dict[str, Any]:
-        """Take the client's socket out of this loop so a re-executed master can answer it.
-
-        Returns a JSON-able dict `{"fd", "id", "command"}`; the fd is made inheritable and
-        no Python object owns it any more, so nothing closes it before the exec. The new
-        image calls `ControlServer.adopt_reply(state)` to get a Reply for it; if the exec
-        never happens (a failure before it), calling this Reply still answers the client."""
-        if self._client is None:
-            raise RuntimeError("this reply has no client to detach")
-        sock = self._client.detach()
-        self._client = None
-        sock.setblocking(True)
-        fd = sock.detach()
-        os.set_inheritable(fd, True)
-        self._detached_fd = fd
-        return {"fd": fd, "id": self.id, "command": self.command}
-
-
-def _send_blocking(sock: socket.socket, data: bytes, timeout: float = 5.0) -> None:
-    """Last words to a client outside the loop (after a re-exec): bounded, never raises."""
-    try:
-        sock.settimeout(timeout)
-        sock.sendall(data)
-    except OSError:
-        pass
-    finally:
-        sock.close()
-
-
-class _Client:
-    """One connected forkctl: its socket, its input and output buffers, its deadlines."""
-
-    def __init__(self, server: ControlServer, sock: socket.socket, uid: int) -> None:
-        self.server = server
-        self.sock = sock
-        self.uid = uid
-        self.inbuf = bytearray()
-        self.outbuf = bytearray()
-        self.session: dict[str, Any] = {}
-        self.pending = 0  # requests whose reply has not been sent yet
-        self.closed = False
-        self.closing = False  # close once the output buffer is flushed
-        self.writing = False
-        self.retry_handle: Any = None
-        self.last_activity = time.monotonic()
-        self.partial_since: float | None = None
-        self.write_blocked_since: float | None = None
-
-    # -- reading --------------------------------------------------------------------------
-    def on_readable(self) -> None:
-        try:
-            self._read()
-        except Exception:  # never into the master loop
-            log.exception("control: client uid %s: internal error; closing it", self.uid)
-            self.close()
-
-    def _read(self) -> None:
-        for _ in range(16):  # bounded: a firehose client must not starve the loop
-            if self.closed or self.closing:
-                return
-            try:
-                data = self.sock.recv(65536)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                self.close()
-                return
-            if not data:
-                self.close()
-                return
-            self.last_activity = time.monotonic()
-            self.inbuf += data
-            self._parse()
-            if len(data) < 65536:
-                return
-
-    def _parse(self) -> None:
-        while not self.closed and not self.closing:
-            if len(self.inbuf) < HEADER.size:
-                break
-            (length,) = HEADER.unpack_from(self.inbuf)
-            if length > MAX_MESSAGE:
-                self.send_error(None, f"message of {length} bytes is over the {MAX_MESSAGE} limit")
-                self.inbuf.clear()
-                self.closing = True
-                self._maybe_finish_close()
-                return
-            if len(self.inbuf) < HEADER.size + length:
-                break
-            body = bytes(self.inbuf[HEADER.size : HEADER.size + length])
-            del self.inbuf[: HEADER.size + length]
-            self.server.dispatch(self, body)
-        self.partial_since = (self.partial_since or time.monotonic()) if self.inbuf else None
-
-    # -- writing --------------------------------------------------------------------------
-    def send_error(self, request_id: Any, error: str) -> None:
-        self.send({"version": VERSION, "id": request_id, "ok": False, "error": one_line(error)})
-
-    def reply_sent(self, message: dict[str, Any]) -> None:
-        self.pending = max(0, self.pending - 1)
-        if self.closed:
-            return
-        data = encode(message)
-        if len(data) - HEADER.size > MAX_MESSAGE:
-            message = {
-                "version": VERSION, "id": message.get("id"), "ok": False,
-                "error": f"response over the {MAX_MESSAGE} byte limit",
-            }
-            data = encode(message)
-        self.write(data)
-
-    def send(self, message: dict[str, Any]) -> None:
-        if not self.closed:
-            self.write(encode(message))
-
-    def write(self, data: bytes) -> None:
-        if not self.outbuf:
-            try:
-                sent = self.sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
-                self.close()
-                return
-            data = data[sent:]
-        if data:
-            self.outbuf += data
-            if len(self.outbuf) > MAX_OUTPUT_BUFFER:
-                log.warning("control: client uid %s does not read its replies; closing", self.uid)
-                self.close()
-                return
-            if self.write_blocked_since is None:
-                self.write_blocked_since = time.monotonic()
-            self._want_write()
-        self._maybe_finish_close()
-
-    def _want_write(self) -> None:
-        if self.writing or self.closed:
-            return
-        self.writing = True
-        add_writer = getattr(self.server.master, "add_writer", None)
-        if add_writer is not None:
-            add_writer(self.sock, self.on_writable)
-        else:  # a loop without writer callbacks: retry on a short timer
-            self.retry_handle = self.server.master.call_later(0.02, self._retry_write)
-
-    def _retry_write(self) -> None:
-        self.retry_handle = None
-        self.writing = False
-        self.on_writable()
-        if self.outbuf and not self.closed:
-            self._want_write()
-
-    def on_writable(self) -> None:
-        try:
-            self._flush()
-        except Exception:
-            log.exception("control: client uid %s: internal error; closing it", self.uid)
-            self.close()
-
-    def _flush(self) -> None:
-        if self.closed:
-            return
-        while self.outbuf:
-            try:
-                sent = self.sock.send(self.outbuf[:262144])
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                self.close()
-                return
-            del self.outbuf[:sent]
-        self.write_blocked_since = None
-        self._stop_writing()
-        self._maybe_finish_close()
-
-    def _stop_writing(self) -> None:
-        if not self.writing:
-            return
-        self.writing = False
-        if self.retry_handle is not None:
-            self.retry_handle.cancel()
-            self.retry_handle = None
-            return
-        remove_writer = getattr(self.server.master, "remove_writer", None)
-        if remove_writer is not None:
-            with contextlib.suppress(Exception):
-                remove_writer(self.sock)
-
-    def _maybe_finish_close(self) -> None:
-        if self.closing and not self.outbuf:
-            self.close()
-
-    # -- lifetime -------------------------------------------------------------------------
-    def expired(self, now: float) -> str | None:
-        """Why this client should be dropped now, or None."""
-        limits = self.server
-        if self.partial_since is not None and now - self.partial_since > limits.message_timeout:
-            return "sent part of a message and then nothing"
-        if self.write_blocked_since is not None and (
-            now - self.write_blocked_since > limits.write_timeout
-        ):
-            return "does not read its replies"
-        idle_limit = limits.session_idle_timeout if self.session else limits.idle_timeout
-        if not self.pending and not self.outbuf and now - self.last_activity > idle_limit:
-            return "idle"
-        return None
-
-    def detach(self) -> socket.socket:
-        """Stop serving this client here without closing its socket (see Reply.detach)."""
-        self._unregister()
-        self.closed = True
-        self.server.forget(self)
-        return self.sock
-
-    def _unregister(self) -> None:
-        self._stop_writing()
-        with contextlib.suppress(Exception):
-            self.server.master.remove_reader(self.sock)
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self._unregister()
-        with contextlib.suppress(OSError):
-            self.sock.close()
-        self.server.forget(self)
+Handler = Callable[[Any, dict[str, Any], Reply], None]
 
 
 class ControlServer:
@@ -393,7 +120,7 @@ class ControlServer:
         self.fd = fd
         self._handlers = handlers
         self.sock: socket.socket | None = None
-        self.clients: set[_Client] = set()
+        self.clients: set[ClientConnection] = set()
         self._sweeper: Any = None
         self.allowed_uids = {0, os.geteuid()}
         self.refused = 0
@@ -485,9 +212,7 @@ class ControlServer:
 
     def adopt_reply(self, state: dict[str, Any]) -> Reply:
         """A Reply for a request accepted by the previous master image (see Reply.detach)."""
-        reply = Reply(None, state.get("id"), str(state.get("command", "")))
-        reply._detached_fd = int(state["fd"])
-        return reply
+        return Reply.adopt(state)
 
     # -- what the master asks of its control plane ----------------------------------------
     def serve_port(self, port: Any) -> None:
@@ -521,7 +246,7 @@ class ControlServer:
         itself among them). JSON-able; `fds` lists the descriptors to keep open."""
         replies = []
         for reply in list(self.pending_replies):
-            if reply.done or reply._client is None:
+            if reply.done or not reply.attached:
                 continue
             with contextlib.suppress(Exception):
                 replies.append(reply.detach())
@@ -576,23 +301,21 @@ class ControlServer:
             self.refused += 1
             log.warning("control: refused a connection from uid %d", uid)
             with contextlib.suppress(OSError):
-                conn.send(encode({
-                    "version": VERSION, "id": None, "ok": False,
-                    "error": f"permission denied: uid {uid} may not control this forkd",
-                }))
+                conn.send(encode(error_response(
+                    None, f"permission denied: uid {uid} may not control this forkd"
+                )))
             conn.close()
             return
         if len(self.clients) >= MAX_CLIENTS:
             with contextlib.suppress(OSError):
-                conn.send(encode({"version": VERSION, "id": None, "ok": False,
-                                  "error": "too many control clients; try again"}))
+                conn.send(encode(error_response(None, "too many control clients; try again")))
             conn.close()
             return
-        client = _Client(self, conn, uid)
+        client = ClientConnection(self, conn, uid)
         self.clients.add(client)
         self.master.add_reader(conn, client.on_readable)
 
-    def forget(self, client: _Client) -> None:
+    def forget(self, client: ClientConnection) -> None:
         self.clients.discard(client)
 
     def _schedule_sweep(self) -> None:
@@ -613,7 +336,7 @@ class ControlServer:
                 self._schedule_sweep()
 
     # -- requests -------------------------------------------------------------------------
-    def dispatch(self, client: _Client, body: bytes) -> None:
+    def dispatch(self, client: ClientConnection, body: bytes) -> None:
         """Run one framed request; every outcome sends exactly one response."""
         try:
             request = json.loads(body.decode("utf-8"))

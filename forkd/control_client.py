@@ -19,7 +19,7 @@ import json
 import socket
 from typing import Any
 
-from forkd.control import HEADER, MAX_MESSAGE, VERSION, encode
+from forkd.control_wire import HEADER, MAX_MESSAGE, VERSION, encode
 
 DEFAULT_TIMEOUT = 30.0
 

@@ -148,13 +148,6 @@ class Loop:
             if entry is not None and mask & selectors.EVENT_WRITE and entry[1] is not None:
                 entry[1]()
 
-    def master_fds(self) -> list[int]:
-        """Descriptors a forked worker must close (the selector and the wake-up pipe)."""
-        fds = [self._wakeup_r, self._wakeup_w]
-        with contextlib.suppress(Exception):
-            fds.append(self.selector.fileno())  # type: ignore[attr-defined]
-        return fds
-
     def close(self) -> None:
         with contextlib.suppress(ValueError):
             signal.set_wakeup_fd(-1)

@@ -9,13 +9,14 @@ Before fork / after fork: the master binds every port and calls `gc.freeze()` be
 forks; a new worker process closes every master-only descriptor (other workers' channels,
 the control socket, the selector, the pidfile) and then belongs to `forkd.worker`.
 
-Live changes (ports, rolling restart, reload) are in `forkd.changes`, mixed in here.
+The workers as processes (fork, messages, heartbeats, stop, kill, reap) are in
+`forkd.worker_processes`, live changes (ports, rolling restart, reload) in `forkd.changes`
+on top of it; `Master` inherits both mixins.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import gc
 import os
 import signal
@@ -30,34 +31,26 @@ import setproctitle
 
 from forkd import logs
 from forkd.changes import ChangesMixin
-from forkd.channel import Channel, ChannelClosed, ChannelError
 from forkd.daemon import Readiness, sd_notify
 from forkd.loop import Loop, Timer
 from forkd.ports import port_key
 from forkd.supervision import (
-    KILL_GRACE,
     Backoff,
+    MasterState,
     SuspendDetector,
     WorkerProcess,
     WorkerState,
     clock,
-    describe_status,
     excuse,
-    kills_due,
-    overdue,
     stable,
 )
-from forkd.worker import EXIT_BOOT_FAILED, Worker, WorkerSettings, served_by_worker
+from forkd.worker import served_by_worker
+
+__all__ = ["HANDLED_SIGNALS", "Master", "MasterConfig", "MasterState"]
 
 log = logs.get("master")
 
 HANDLED_SIGNALS = ["HUP", "INT", "QUIT", "TERM", "TTIN", "TTOU", "USR1", "USR2", "WINCH", "CHLD"]
-
-
-class MasterState(enum.Enum):
-    STARTING = "starting"  # waiting for the first workers to be ready
-    RUNNING = "running"
-    STOPPING = "stopping"
 
 
 @dataclass
@@ -122,6 +115,10 @@ class Master(ChangesMixin):
 
     def call_later(self, delay: float, callback: Any) -> Timer:
         return self.loop.call_later(delay, callback)
+
+    def now(self) -> float:
+        """The master's clock, for the mixins: the one place a test fakes time."""
+        return clock()
 
     # -- life -----------------------------------------------------------------------------
     def bind_ports(self) -> None:
@@ -315,143 +312,6 @@ class Master(ChangesMixin):
             log.info("ready: %d worker(s) serving", len(current))
             self.readiness.ready()
             sd_notify(f"READY=1\nMAINPID={os.getpid()}")
-
-    def next_number(self) -> int:
-        used = {w.number for w in self.workers.values()}
-        return next(n for n in range(1, len(used) + 2) if n not in used)
-
-    def spawn_worker(self) -> WorkerProcess:
-        number = self.next_number()
-        master_end, worker_end = Channel.pair()
-        pid = os.fork()
-        if pid == 0:  # -- in the worker from here on: never returns
-            master_end.sock.detach()
-            self.close_master_fds(keep=worker_end.fileno())
-            settings = WorkerSettings(
-                number=number,
-                title=os.path.basename(self.tapfile),
-                graceful_timeout=self.config.graceful_timeout,
-            )
-            Worker(self.application, worker_end, settings, self.log_setup).run()
-        worker_end.close()
-        worker = WorkerProcess(pid, number, self.generation, master_end, clock())
-        self.workers[pid] = worker
-        self.loop.add_reader(master_end.fileno(), lambda: self.on_channel(worker))
-        log.info("spawned worker %d (pid %d, generation %d)", number, pid, self.generation)
-        return worker
-
-    def close_master_fds(self, keep: int) -> None:
-        """In a new worker: close every descriptor except stdio, its channel, the listening
-        sockets it serves and the log file. Closing by allowlist also catches what the
-        control plane holds (clients, telnet sessions) without knowing about it."""
-        self.readiness.fd = None
-        allowed = {0, 1, 2, keep}
-        for port in self.application.ports:
-            if served_by_worker(port) and getattr(port, "socket", None) is not None:
-                allowed.add(port.fileno())
-        if self.log_setup is not None:
-            allowed.add(self.log_setup.fault_fd())
-        low = 0
-        for fd in sorted(allowed):
-            if fd > low:
-                os.closerange(low, fd)
-            low = fd + 1
-        os.closerange(low, os.sysconf("SC_OPEN_MAX"))
-
-    def stop_worker(self, worker: WorkerProcess, graceful: bool) -> None:
-        """Ask a worker to stop; SIGKILL it if it outlives the graceful timeout."""
-        if worker.state is WorkerState.STOPPING:
-            return
-        worker.state = WorkerState.STOPPING
-        grace = self.config.graceful_timeout if graceful else 0.0
-        worker.kill_at = clock() + grace + KILL_GRACE
-        self.kill(worker.pid, signal.SIGTERM if graceful else signal.SIGQUIT)
-
-    def kill(self, pid: int, signum: int) -> None:
-        with contextlib.suppress(ProcessLookupError):  # gone: the reaper will hear of it
-            os.kill(pid, signum)
-
-    def check_workers(self, now: float) -> None:
-        for worker in overdue(list(self.workers.values()), now, self.config.timeout):
-            log.error(
-                "worker %d (pid %d) sent no heartbeat for %.1fs: aborting it (SIGABRT)",
-                worker.number, worker.pid, now - worker.last_beat,
-            )
-            worker.state = WorkerState.TIMED_OUT
-            worker.kill_at = now + KILL_GRACE
-            self.kill(worker.pid, signal.SIGABRT)
-        for worker in kills_due(list(self.workers.values()), now):
-            log.error("worker %d (pid %d) did not exit: SIGKILL", worker.number, worker.pid)
-            worker.kill_at = None
-            self.kill(worker.pid, signal.SIGKILL)
-
-    def on_channel(self, worker: WorkerProcess) -> None:
-        try:
-            messages = worker.channel.receive()
-        except (ChannelClosed, ChannelError) as error:
-            if isinstance(error, ChannelError):
-                log.error("worker %d sent garbage (%s): killing it", worker.number, error)
-                self.kill(worker.pid, signal.SIGKILL)
-            self.loop.forget(worker.channel.fd)
-            worker.channel.close()
-            return
-        for message, fds in messages:
-            for fd in fds:  # workers never send descriptors
-                os.close(fd)
-            self.on_message(worker, message)
-
-    def on_message(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
-        op = message["op"]
-        now = clock()
-        if op == "heartbeat":
-            worker.beat(now, message)
-        elif op == "ready":
-            worker.beat(now, message)
-            if worker.state is WorkerState.BOOTING:
-                worker.state = WorkerState.READY
-            log.info("worker %d (pid %d) ready", worker.number, worker.pid)
-        elif op == "boot_failed":
-            worker.boot_error = str(message.get("error", "unknown error"))
-        else:
-            self.on_change_message(worker, message)
-
-    def reap(self) -> None:
-        """Collect every exited child (workers, helpers, and strays)."""
-        for _ in range(10000):
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            if pid in self.workers:
-                self.worker_exited(self.workers.pop(pid), status)
-            elif pid in self.helpers:
-                self.helpers.pop(pid)(status)
-            else:
-                log.info("reaped unknown child %d: %s", pid, describe_status(status)[0])
-
-    def worker_exited(self, worker: WorkerProcess, status: int) -> None:
-        text, code, _ = describe_status(status)
-        self.loop.forget(worker.channel.fd)
-        with contextlib.suppress(ChannelClosed, ChannelError):
-            for message, _fds in worker.channel.receive():  # its last words
-                self.on_message(worker, message)
-        worker.channel.close()
-        what = f"worker {worker.number} (pid {worker.pid})"
-        served = f"after {worker.accepted} connection(s)"
-        if worker.state is WorkerState.STOPPING and code == 0:
-            log.info("%s stopped %s", what, served)
-        elif code == EXIT_BOOT_FAILED:
-            reason = worker.boot_error or text
-            log.error("%s failed to boot: %s", what, reason)
-            self.worker_failed(worker, f"worker failed to boot: {reason}")
-        elif worker.state is WorkerState.STOPPING:
-            log.warning("%s %s while stopping, %s", what, text, served)
-        else:
-            log.error("%s %s, %s", what, text, served)
-            self.worker_failed(worker, f"worker {worker.number} {text} during boot")
-        self.change_worker_exited(worker)
 
     def worker_failed(self, worker: WorkerProcess, reason: str) -> None:
         if self.state is MasterState.STARTING:

@@ -22,6 +22,7 @@ import socket
 from typing import Any
 
 from forkd.protocol import ConnectionDone, ConnectionLost, address_tuple
+from forkd.write_watch import WriteWatch
 
 log = logging.getLogger("forkd.masterports")
 
@@ -49,8 +50,9 @@ class MasterConnection:
         self.outbuf = bytearray()
         self.disconnecting = False
         self.closed = False
-        self._writing = False
-        self._retry: Any = None
+        self.write_watch = WriteWatch(
+            self.master, sock, self.doWrite, lambda: bool(self.outbuf) and not self.closed
+        )
 
     # -- the transport interface ----------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -73,7 +75,7 @@ class MasterConnection:
                 log.warning("master port %s: peer does not read; closing", self.server.key)
                 self.abortConnection()
                 return
-            self._want_write()
+            self.write_watch.start()
 
     def writeSequence(self, chunks: Any) -> None:
         for chunk in chunks:
@@ -132,45 +134,15 @@ class MasterConnection:
                 self._lost(error)
                 return
             del self.outbuf[:sent]
-        self._stop_writing()
+        self.write_watch.stop()
         if self.disconnecting and not self.closed:
             self._lost(None)
-
-    def _want_write(self) -> None:
-        if self._writing:
-            return
-        self._writing = True
-        add_writer = getattr(self.master, "add_writer", None)
-        if add_writer is not None:
-            add_writer(self.sock, self.doWrite)
-        else:
-            self._retry = self.master.call_later(0.02, self._retry_write)
-
-    def _retry_write(self) -> None:
-        self._retry = None
-        self._writing = False
-        self.doWrite()
-        if self.outbuf and not self.closed:
-            self._want_write()
-
-    def _stop_writing(self) -> None:
-        if not self._writing:
-            return
-        self._writing = False
-        if self._retry is not None:
-            self._retry.cancel()
-            self._retry = None
-            return
-        remove_writer = getattr(self.master, "remove_writer", None)
-        if remove_writer is not None:
-            with contextlib.suppress(Exception):
-                remove_writer(self.sock)
 
     def _lost(self, error: BaseException | None) -> None:
         if self.closed:
             return
         self.closed = True
-        self._stop_writing()
+        self.write_watch.stop()
         with contextlib.suppress(Exception):
             self.master.remove_reader(self.sock)
         with contextlib.suppress(OSError):

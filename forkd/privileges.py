@@ -9,30 +9,42 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+from collections.abc import Callable
 
 
 class PrivilegeError(Exception):
     """The user or group does not exist, or we may not switch to it."""
 
 
+def lookup_user(name: str) -> int:
+    """A uid from a user name or a number; PrivilegeError names an unknown user."""
+    return _lookup(name, "user", lambda text: pwd.getpwnam(text).pw_uid)
+
+
+def lookup_group(name: str) -> int:
+    """A gid from a group name or a number; PrivilegeError names an unknown group."""
+    return _lookup(name, "group", lambda text: grp.getgrnam(text).gr_gid)
+
+
+def _lookup(text: str, kind: str, by_name: Callable[[str], int]) -> int:
+    try:
+        return int(text) if text.isdigit() else by_name(text)
+    except KeyError:
+        raise PrivilegeError(f"no such {kind}: {text}") from None
+
+
 def resolve_user(user: str | int | None) -> int | None:
+    """`-u` or the tap's uid: None or empty keeps the current user."""
     if user is None or user == "":
         return None
-    text = str(user)
-    try:
-        return int(text) if text.isdigit() else pwd.getpwnam(text).pw_uid
-    except KeyError:
-        raise PrivilegeError(f"no such user: {text}") from None
+    return lookup_user(str(user))
 
 
 def resolve_group(group: str | int | None) -> int | None:
+    """`-g` or the tap's gid: None or empty keeps the current group."""
     if group is None or group == "":
         return None
-    text = str(group)
-    try:
-        return int(text) if text.isdigit() else grp.getgrnam(text).gr_gid
-    except KeyError:
-        raise PrivilegeError(f"no such group: {text}") from None
+    return lookup_group(str(group))
 
 
 def drop(uid: int | None, gid: int | None) -> None:

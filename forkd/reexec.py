@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
 import os
 import pickle
@@ -231,7 +232,7 @@ def resume(state: dict[str, Any], log_setup: Any) -> Any:
         if worker.state is WorkerState.TIMED_OUT:
             worker.kill_at = clock()
         master.workers[worker.pid] = worker
-        master.loop.add_reader(channel.fd, lambda w=worker: master.on_channel(w))
+        master.loop.add_reader(channel.fd, functools.partial(master.on_channel, worker))
     if state.get("pidfile_fd") is not None:
         os.set_inheritable(state["pidfile_fd"], False)
     control_fd = state.get("control_fd")

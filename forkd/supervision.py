@@ -30,6 +30,12 @@ def clock() -> float:
         return time.monotonic()
 
 
+class MasterState(enum.Enum):
+    STARTING = "starting"  # waiting for the first workers to be ready
+    RUNNING = "running"
+    STOPPING = "stopping"
+
+
 class WorkerState(enum.Enum):
     BOOTING = "booting"  # forked, factories starting
     READY = "ready"  # serving every port
@@ -84,7 +90,7 @@ class Backoff:
     def failed(self, now: float) -> float:
         """Record a crash; return the delay before the next spawn."""
         self.failures += 1
-        delay = min(self.cap, self.base * 2 ** (self.failures - 1))
+        delay = min(self.cap, self.base * 2.0 ** (self.failures - 1))
         self.not_before = now + delay
         return delay
 

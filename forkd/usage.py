@@ -22,6 +22,9 @@ getopt's or Twisted's, so forkd's CLIs print one line and exit non-zero.
 
 Values are dict items (`config["port"]`, the pickled form stored in tap files) and, for the
 seed's code, attributes (`config.port`; `config.torture_device` for `torture-device`).
+
+The declarations become one table in `forkd.option_table`; the `--help` layout is
+`forkd.usage_help`; this module is the parser and the `Options` API.
 """
 
 from __future__ import annotations
@@ -29,10 +32,11 @@ from __future__ import annotations
 import inspect
 import os
 import sys
-import textwrap
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
 from typing import Any, NoReturn
+
+from forkd.option_table import OptionSpec, OptionTable, normalize_name
+from forkd.usage_help import help_body
 
 __all__ = ["Options", "UsageError", "error", "portCoerce"]
 
@@ -52,44 +56,7 @@ def portCoerce(value: str) -> int:
     return port
 
 
-portCoerce.coerceDoc = "Must be an int between 0 and 65535."  # type: ignore[attr-defined]
-
-
-@dataclass(frozen=True)
-class _Option:
-    """One option as the parser and the help table see it, whatever declared it."""
-
-    key: str  # the dict key the value is stored under (or the handler's canonical name)
-    long: str | None  # the long name as shown in help and error messages
-    short: str | None
-    takes_value: bool
-    doc: str
-    default: Any = None
-    coerce: Callable[[str], Any] | None = None
-    method: str | None = None  # the opt_* attribute that handles it, if any
-    stored: bool = True  # declared in a list, so it has a dict entry from the start
-
-
-def _pad(entry: Sequence[Any], size: int) -> list[Any]:
-    """Pad a declaration to `size` fields with None, as Twisted's util.padTo does."""
-    fields = list(entry)
-    if len(fields) > size:
-        raise ValueError(f"option declaration has too many fields: {entry!r}")
-    return fields + [None] * (size - len(fields))
-
-
-def _accumulate(cls: type, name: str) -> list[Any]:
-    """Concatenate a list attribute over the MRO, bases first, as Twisted does."""
-    found: list[Any] = []
-    for klass in reversed(cls.__mro__):
-        found.extend(klass.__dict__.get(name, ()))
-    return found
-
-
-def _normalize(name: str) -> str:
-    """The spelling used for lookup, so that `--under_score` and `--under-score` agree."""
-    return name.replace("_", "-")
-
+portCoerce.__dict__["coerceDoc"] = "Must be an int between 0 and 65535."  # help text
 
 def _printable(text: str) -> str:
     """User text as it goes into an error message, kept to one line a terminal can show."""
@@ -98,121 +65,23 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
-def _clean_doc(doc: str | None) -> str:
-    """One paragraph of help text from a declaration or a (multi-line) docstring."""
-    return " ".join((doc or "").split())
+_Parsed = list[tuple[OptionSpec, Any]]
 
 
-def _is_flag_method(method: Callable[..., Any], name: str) -> bool:
-    """True for an opt_ handler that takes no value, False for one that takes one."""
-    arity = len(inspect.signature(method).parameters)
-    if arity > 1:
-        raise TypeError(f"Invalid Option function for {name}: it takes {arity} arguments")
-    return arity == 0
+def _match_long(table: OptionTable, name: str) -> OptionSpec:
+    """The option `--name` means: an exact name or getopt's unique prefix."""
+    wanted = normalize_name(name)
+    if wanted in table.by_long:
+        return table.by_long[wanted]
+    found = {id(o): o for n, o in table.by_long.items() if wanted and n.startswith(wanted)}
+    if not found:
+        raise UsageError(f"option --{_printable(name)} not recognized")
+    if len(found) > 1:
+        raise UsageError(f"option --{_printable(name)} not a unique prefix")
+    return next(iter(found.values()))
 
 
-class _OptionTable:
-    """Every option of one Options instance, indexed by long and short name."""
-
-    def __init__(self, options: Options) -> None:
-        self.by_long: dict[str, _Option] = {}
-        self.by_short: dict[str, _Option] = {}
-        declared: dict[str, _Option] = {}
-        cls = type(options)
-        for entry in _accumulate(cls, "optStrings") + _accumulate(cls, "optParameters"):
-            long, short, default, doc, coerce = _pad(entry, 5)
-            if coerce is not None and not callable(coerce):
-                raise TypeError(f"coerce for option {long!r} is not callable: {coerce!r}")
-            declared[_normalize(self._name(long))] = _Option(
-                long, long, short, True, _clean_doc(doc), default, coerce or str
-            )
-        for entry in _accumulate(cls, "optFlags"):
-            long, short, doc = _pad(entry, 3)
-            declared[_normalize(self._name(long))] = _Option(
-                long, long, short, False, _clean_doc(doc), 0
-            )
-        for option in declared.values():
-            self._add(option, [option.long or option.key])
-        self._add_methods(options, declared)
-        help_option = self.by_long.get("help")
-        if "h" not in self.by_short and help_option is not None and not help_option.short:
-            # `-h` too, unless the class gave the letter to another option (`--host`)
-            with_h = replace(help_option, short="h")
-            for index in (self.by_long, self.by_short):
-                index.update({n: with_h for n, o in index.items() if o is help_option})
-            self.by_short["h"] = with_h
-
-    @staticmethod
-    def _name(long: Any) -> str:
-        if not isinstance(long, str) or not long:
-            raise ValueError("An option cannot be without a name.")
-        return long
-
-    def _add_methods(self, options: Options, declared: dict[str, _Option]) -> None:
-        """Turn opt_* methods into options, one per function however many aliases it has."""
-        aliases: dict[Any, list[str]] = {}
-        for attr in dir(type(options)):
-            if attr.startswith("opt_") and len(attr) > 4:
-                function = getattr(type(options), attr)
-                if callable(function):
-                    aliases.setdefault(function, []).append(attr[4:])
-        for names in aliases.values():
-            pretty = sorted({_normalize(n) for n in names}, key=lambda n: (-len(n), n))
-            longs = [n for n in pretty if len(n) > 1]
-            shorts = [n for n in pretty if len(n) == 1]
-            canonical = pretty[0]
-            method = "opt_" + names[0]
-            flag = _is_flag_method(getattr(options, method), canonical)
-            base = next((declared[n] for n in pretty if n in declared), None)
-            doc = _clean_doc(getattr(type(options), method).__doc__)
-            option = _Option(
-                key=base.key if base else canonical,
-                long=(base.long if base else None) or (longs[0] if longs else None),
-                short=(base.short if base else None) or (shorts[0] if shorts else None),
-                takes_value=not flag,
-                doc=doc or (base.doc if base else ""),
-                default=base.default if base else None,
-                method=method,
-                stored=base is not None,
-            )
-            self._add(option, longs, shorts)
-
-    def _add(self, option: _Option, longs: Iterable[str], shorts: Iterable[str] = ()) -> None:
-        for name in longs:
-            self.by_long[_normalize(name)] = option
-        for letter in [*shorts, option.short] if option.short else shorts:
-            self._claim_short(letter, option)
-
-    def _claim_short(self, letter: str, option: _Option) -> None:
-        if len(letter) != 1 or letter == "-":
-            raise ValueError(f"short option must be one character: {letter!r}")
-        other = self.by_short.get(letter)
-        if other is not None and other.key != option.key:
-            raise ValueError(f"short option -{letter} is declared for {other.key} and {option.key}")
-        self.by_short[letter] = option
-
-    def options(self) -> list[_Option]:
-        """Each option once, in Twisted's help order (by short name, else long name)."""
-        unique = {id(o): o for o in [*self.by_long.values(), *self.by_short.values()]}
-        return sorted(unique.values(), key=lambda o: o.short or o.long or o.key)
-
-    def match_long(self, name: str) -> _Option:
-        """The option `--name` means: an exact name or getopt's unique prefix."""
-        wanted = _normalize(name)
-        if wanted in self.by_long:
-            return self.by_long[wanted]
-        found = {id(o): o for n, o in self.by_long.items() if wanted and n.startswith(wanted)}
-        if not found:
-            raise UsageError(f"option --{_printable(name)} not recognized")
-        if len(found) > 1:
-            raise UsageError(f"option --{_printable(name)} not a unique prefix")
-        return next(iter(found.values()))
-
-
-_Parsed = list[tuple[_Option, Any]]
-
-
-def _split_argv(table: _OptionTable, argv: list[str]) -> tuple[_Parsed, list[str]]:
+def _split_argv(table: OptionTable, argv: list[str]) -> tuple[_Parsed, list[str]]:
     """getopt: the (option, value) pairs in order, and the arguments after the options."""
     found: _Parsed = []
     i = 0
@@ -222,7 +91,7 @@ def _split_argv(table: _OptionTable, argv: list[str]) -> tuple[_Parsed, list[str
             return found, argv[i + 1 :]
         if arg.startswith("--"):
             name, equals, value = arg[2:].partition("=")
-            option = table.match_long(name)
+            option = _match_long(table, name)
             shown = option.long or name
             if option.takes_value and not equals:
                 if i + 1 >= len(argv):
@@ -273,14 +142,14 @@ class Options(dict[str, Any]):
     parent: Options | None = None
     subCommand: str | None = None
     defaults: dict[str, Any]
-    _table: _OptionTable
+    _table: OptionTable
 
     # A dict subclass is unhashable; an Options is an object with identity (Twisted too).
     __hash__ = object.__hash__  # type: ignore[assignment]
 
     def __init__(self) -> None:
         super().__init__()
-        table = _OptionTable(self)
+        table = OptionTable(self)
         object.__setattr__(self, "_table", table)
         defaults = {o.key: o.default for o in table.options() if o.stored}
         object.__setattr__(self, "defaults", defaults)
@@ -323,7 +192,7 @@ class Options(dict[str, Any]):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        object.__setattr__(self, "_table", _OptionTable(self))
+        object.__setattr__(self, "_table", OptionTable(self))
 
     # -- parsing --------------------------------------------------------------------------
 
@@ -343,7 +212,7 @@ class Options(dict[str, Any]):
             self.parseArgs(*args)
         self.postOptions()
 
-    def _dispatch(self, option: _Option, value: Any) -> None:
+    def _dispatch(self, option: OptionSpec, value: Any) -> None:
         if option.method is not None:
             handler = getattr(self, option.method)
             if option.takes_value:
@@ -402,54 +271,9 @@ class Options(dict[str, Any]):
         sub = self.__dict__.get("subOptions")
         if sub is not None:  # a parse error inside the sub-command: its help is the useful one
             return str(sub.getUsage(width))
-        width = width or _terminal_width()
-        parts = []
-        description = self.usage_message or self.longdesc
-        if description:
-            parts.append("\n" + textwrap.dedent(description).strip("\n") + "\n")
-        rows = [(_option_column(o), _option_doc(o)) for o in self._table.options()]
-        parts.append("Options:\n" + _table(rows, width) if rows else "Options: None\n")
-        if self.subCommands:
-            commands = [(f"    {c[0]}  ", _clean_doc(c[3])) for c in self.subCommands]
-            parts.append("Commands:\n" + _table(commands, width))
-        return "\n".join(parts)
+        return help_body(
+            self.usage_message or self.longdesc, self._table.options(), self.subCommands, width
+        )
 
     def __str__(self) -> str:
         return self.getSynopsis() + "\n" + self.getUsage()
-
-
-def _terminal_width() -> int:
-    """$COLUMNS as Twisted reads it, but a junk value falls back to 80 instead of crashing."""
-    try:
-        return max(40, int(os.environ.get("COLUMNS", "80")))
-    except ValueError:
-        return 80
-
-
-def _option_column(option: _Option) -> str:
-    short = f"-{option.short}," if option.short and option.long else ""
-    if not option.long:
-        short = f"-{option.short} " if not option.takes_value else f"-{option.short} VALUE"
-        return f"  {short}"
-    return f"  {short:3} --{option.long}{'=' if option.takes_value else ''}"
-
-
-def _option_doc(option: _Option) -> str:
-    doc = option.doc
-    if option.takes_value and option.stored and option.default is not None:
-        doc = f"{doc} [default: {option.default}]".strip()
-    coerce_doc = getattr(option.coerce, "coerceDoc", "") if option.method is None else ""
-    if option.takes_value and coerce_doc:
-        doc = f"{doc}. {coerce_doc}" if doc else coerce_doc
-    return doc
-
-
-def _table(rows: list[tuple[str, str]], width: int) -> str:
-    """Two aligned columns, the second wrapped to `width`, one trailing newline per line."""
-    column = max(len(left) for left, _ in rows) + 2
-    lines = []
-    for left, doc in rows:
-        wrapped = textwrap.wrap(doc, max(20, width - column)) or [""]
-        lines.append(f"{left:{column}}{wrapped[0]}".rstrip())
-        lines.extend(" " * column + more for more in wrapped[1:])
-    return "\n".join(lines) + "\n"

@@ -12,12 +12,10 @@ failure (one line on stderr, no traceback).
 from __future__ import annotations
 
 import argparse
-import grp
 import os
-import pwd
 import sys
 
-from forkd import taps
+from forkd import privileges, taps
 from forkd.app import Application
 from forkd.cli import quiet_on_closed_pipe
 from forkd.tapfile import TapError
@@ -48,22 +46,14 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve_uid(user: str | None) -> int | None:
-    if user is None:
-        return None
+def resolve_ids(user: str | None, group: str | None) -> tuple[int | None, int | None]:
+    """`-u`/`-g` as ids (names looked up as `forkd start` does); unknown ones are a Failure."""
     try:
-        return int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid
-    except KeyError:
-        raise Failure(f"no such user: {user}") from None
-
-
-def resolve_gid(group: str | None) -> int | None:
-    if group is None:
-        return None
-    try:
-        return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise Failure(f"no such group: {group}") from None
+        uid = None if user is None else privileges.lookup_user(user)
+        gid = None if group is None else privileges.lookup_group(group)
+    except privileges.PrivilegeError as error:
+        raise Failure(str(error)) from None
+    return uid, gid
 
 
 def list_taps() -> None:
@@ -101,7 +91,7 @@ def make(args: argparse.Namespace) -> str:
     else:
         application = Application(args.name)
         path = args.output or f"{args.name}.tap"
-    uid, gid = resolve_uid(args.uid), resolve_gid(args.gid)
+    uid, gid = resolve_ids(args.uid, args.gid)
     if uid is not None:
         application.uid = uid
     if gid is not None:
