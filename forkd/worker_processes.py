@@ -184,6 +184,8 @@ class WorkerProcessesMixin:
         elif worker.state is WorkerState.STOPPING:
             log.warning("%s %s while stopping, %s", what, text, served)
         else:
+            if worker.state is WorkerState.TIMED_OUT:
+                text = f"was silent past --timeout {self.config.timeout:g}s ({text})"
             log.error("%s %s, %s", what, text, served)
             self.worker_failed(worker, f"worker {worker.number} {text} during boot")
         self.change_worker_exited(worker)

@@ -54,18 +54,25 @@ class Probe(Protocol):
 class ProbeFactory(Factory):
     protocol = Probe
 
-    def __init__(self, fail: str | None = None) -> None:
+    hang = False  # class default: taps pickled before the attribute existed still load
+
+    def __init__(self, fail: str | None = None, hang: bool = False) -> None:
         self.fail = fail
+        self.hang = hang
 
     def startFactory(self) -> None:
+        if self.hang:
+            time.sleep(600)  # a worker that never finishes booting
         if self.fail:
             raise ValueError(self.fail)
 
 
-def make_tap(path: str, port: int, fail: str | None = None, name: str = "probe") -> str:
+def make_tap(
+    path: str, port: int, fail: str | None = None, name: str = "probe", hang: bool = False
+) -> str:
     """Write a tap serving the probe on 127.0.0.1:`port`."""
     application = Application(name)
-    application.addPort(TCPPort(port, ProbeFactory(fail), interface="127.0.0.1"))
+    application.addPort(TCPPort(port, ProbeFactory(fail, hang), interface="127.0.0.1"))
     application.tapfile = os.path.abspath(path)
     return str(application.save())
 

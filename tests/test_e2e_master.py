@@ -293,3 +293,17 @@ def test_reload_whose_new_workers_fail_to_boot_rolls_back(tmp_path: pathlib.Path
         probetap.make_tap(tap, port)
         forkd.signal(signal.SIGHUP)
         forkd.wait_workers(2, exclude=workers)
+
+
+def test_a_worker_that_never_finishes_booting_fails_the_start(tmp_path: pathlib.Path) -> None:
+    tap = probetap.make_tap(str(tmp_path / "probe.tap"), free_port(), hang=True)
+    result = run_forkd("start", tap, "-w", "1", "--timeout", "1")
+    assert result.returncode != 0
+    assert "was silent past --timeout 1s" in result.stderr.splitlines()[-1]
+
+
+def test_bad_worker_counts_are_usage_errors(tmp_path: pathlib.Path) -> None:
+    tap = probetap.make_tap(str(tmp_path / "probe.tap"), free_port())
+    for count in ("0", "-1", "two"):
+        result = run_forkd("start", tap, "-w", count)
+        assert result.returncode == 2 and "not a worker count" in result.stderr

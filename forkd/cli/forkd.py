@@ -42,8 +42,10 @@ def positive_float(text: str) -> float:
 
 
 def worker_count(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"not a worker count: {text!r}")
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(
+            f"not a worker count: {text!r} (at least 1; WINCH or `forkctl scale 0` later)"
+        )
     return int(text)
 
 
