@@ -211,6 +211,26 @@ def test_reload_with_a_tap_module_that_raises_at_import(site: dict[str, Any]) ->
         assert ask(site["port"])[0] == "hello"
 
 
+def test_reload_serves_the_changed_code_of_a_tap_module(site: dict[str, Any]) -> None:
+    env, ctl = site["env"], site["ctl"]
+    with RunningForkd(site["tap"], workers=2, extra_paths=[str(site["dir"])]) as forkd:
+        workers = forkd.wait_workers(2)
+        assert ask(site["port"])[0] == "hello"
+        (site["dir"] / "pidtap.py").write_text(
+            PIDTAP.replace('f"{self.factory.greeting} ', 'f"v2-{self.factory.greeting} ')
+        )
+        with Load([site["port"]]) as load:
+            done = forkctl(ctl, "reload", env=env, forkd=forkd)
+            assert done.returncode == 0, done.stderr
+            new = forkd.wait_workers(2, exclude=workers)
+            served = load.ok
+            wait_for(lambda: load.ok > served + 20, message="requests after the reload")
+        assert (load.failed, load.refused) == (0, 0), load.errors[:5]
+        greeting, pid = ask(site["port"])
+        assert greeting == "v2-hello" and pid in new  # new code, in the new generation
+        assert request(ctl, "status")["pid"] == forkd.pid  # same master, re-executed
+
+
 def test_seed_session_over_forkctl_shell_and_telnet(site: dict[str, Any]) -> None:
     tmp: pathlib.Path = site["dir"]
     env = site["env"]
