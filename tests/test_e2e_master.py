@@ -307,3 +307,14 @@ def test_bad_worker_counts_are_usage_errors(tmp_path: pathlib.Path) -> None:
     for count in ("0", "-1", "two"):
         result = run_forkd("start", tap, "-w", count)
         assert result.returncode == 2 and "not a worker count" in result.stderr
+
+
+def test_control_path_too_long_is_one_line_naming_the_option(tmp_path: pathlib.Path) -> None:
+    deep = tmp_path / ("d" * 110)
+    deep.mkdir()
+    tap = probetap.make_tap(str(deep / "probe.tap"), free_port())
+    for extra in ([], ["-n"]):
+        result = run_forkd("start", tap, "-w", "1", *extra)
+        assert result.returncode == 1
+        (line,) = result.stderr.strip().splitlines()
+        assert "too long for a UNIX socket" in line and "--control PATH" in line

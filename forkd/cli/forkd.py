@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from forkd.commands.status import table as status_table
+from forkd.control import ControlSocketError
 from forkd.control_client import ControlError, request
 
 EXIT_FAILURE = 1
@@ -146,7 +147,8 @@ def start(args: argparse.Namespace, argv: list[str]) -> int:
         master.bind_ports()
         master.start_control()
         privileges.drop(uid, gid)
-    except (PortError, privileges.PrivilegeError, OSError, ValueError) as error:
+    except (PortError, ControlSocketError, privileges.PrivilegeError, OSError,
+            ValueError) as error:
         pidfile.release()
         return fail(str(error))
     code = master.run()
