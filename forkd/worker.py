@@ -26,6 +26,7 @@ import pickle
 import signal
 import traceback
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, NoReturn
 
 import setproctitle
@@ -34,6 +35,12 @@ from forkd import logs
 from forkd.channel import Channel, ChannelClosed, ChannelError
 from forkd.ports import port_key
 from forkd.protocol import stats
+
+uvloop: ModuleType | None
+try:  # imported before fork and privilege drop, not when the first loop is made
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop is a default dependency
+    uvloop = None
 
 HEARTBEAT_INTERVAL = 1.0
 EXIT_STOPPED = 0
@@ -68,11 +75,10 @@ def served_by_worker(port: Any) -> bool:
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
     """uvloop when installed, the stdlib loop otherwise."""
-    try:
-        import uvloop
-    except ImportError:
+    if uvloop is None:
         return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
 
 
 def reset_signals() -> None:
