@@ -318,3 +318,34 @@ def test_control_path_too_long_is_one_line_naming_the_option(tmp_path: pathlib.P
         assert result.returncode == 1
         (line,) = result.stderr.strip().splitlines()
         assert "too long for a UNIX socket" in line and "--control PATH" in line
+
+
+def test_killed_master_takes_its_workers_and_a_new_start_succeeds(tmp_path: pathlib.Path) -> None:
+    """SIGKILL leaves a pidfile and a control socket behind: neither may block a start,
+    and the orphaned workers must not keep serving an application nobody supervises."""
+    import psutil
+
+    port = free_port()
+    tap = echo_tap(tmp_path, port)
+    started = run_forkd("start", tap, "-w", "2")
+    assert started.returncode == 0, started.stderr
+    master = int((tmp_path / "echo.pid").read_text())
+    workers = [p.pid for p in psutil.Process(master).children()]
+    assert len(workers) == 2
+    os.kill(master, signal.SIGKILL)
+
+    def alive(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    wait_for(lambda: not any(alive(pid) for pid in workers), message="orphaned workers to exit")
+    assert (tmp_path / "echo.pid").exists() and (tmp_path / "echo.ctl").exists()
+    again = run_forkd("start", tap, "-w", "1")
+    try:
+        assert again.returncode == 0, again.stderr
+        assert echo_once(port, b"back") == b"back"
+        assert run_forkd("status", tap).returncode == 0
+    finally:
+        assert run_forkd("stop", tap).returncode == 0
