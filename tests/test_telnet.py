@@ -137,6 +137,33 @@ def test_wrong_password_is_refused_with_no_shell(master: FakeMaster) -> None:
     assert transport.disconnecting and protocol.shell is None
 
 
+def test_failed_logins_are_rate_limited_without_hashing(
+    master: FakeMaster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    factory = make_factory()
+    hashed: list[str] = []
+    real_verify = telnet.verify_password
+
+    def counting_verify(password: str, stored: str) -> bool:
+        hashed.append(password)
+        return real_verify(password, stored)
+
+    monkeypatch.setattr(telnet, "verify_password", counting_verify)
+    for _ in range(factory.MAX_FAILURES):
+        protocol, transport = connect(master, factory)
+        protocol.dataReceived(b"admin\r\nguess\r\n")
+        assert b"login incorrect" in transport.value()
+    protocol, transport = connect(master, factory)
+    protocol.dataReceived(b"admin\r\nletmein\r\n")  # even the right password waits
+    assert b"too many failed logins" in transport.value() and protocol.shell is None
+    assert len(hashed) == factory.MAX_FAILURES  # the refused attempt cost no scrypt run
+    assert "_failures" not in pickle.loads(pickle.dumps(factory)).__dict__
+    factory._failures = [t - factory.FAILURE_WINDOW for t in factory._failures]  # time passes
+    protocol, transport = connect(master, factory)
+    protocol.dataReceived(b"admin\r\nletmein\r\n")
+    assert transport.value().endswith(b">>> ")
+
+
 def test_wrong_username_is_refused(master: FakeMaster) -> None:
     protocol, transport = connect(master, make_factory())
     protocol.dataReceived(b"root\nletmein\n")

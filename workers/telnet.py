@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import logging
 import os
+import time
 from typing import Any
 
 from forkd import usage
@@ -147,11 +148,18 @@ class TelnetShell(Protocol):
 
     def _login(self, password: str) -> None:
         factory = self.factory
+        now = time.monotonic()
+        if factory.lockedOut(now):
+            log.warning("telnet: login from %s refused: too many failed logins",
+                        self.transport.getPeer())
+            self._close(b"too many failed logins; try again later\r\n")
+            return
         name_ok = hmac.compare_digest(self.username.encode(), factory.username.encode())
         password_ok = verify_password(password, factory.passwordHash)  # always computed
         if not (name_ok and password_ok):
             log.warning("telnet: failed login as %r from %s", self.username[:64],
                         self.transport.getPeer())
+            factory.loginFailed(now)
             self._close(b"login incorrect\r\n")
             return
         from forkd.shell import Shell
@@ -182,14 +190,34 @@ class TelnetShell(Protocol):
 
 
 class ShellFactory(Factory):
-    """Builds TelnetShell protocols; served by the master, never by workers."""
+    """Builds TelnetShell protocols; served by the master, never by workers.
+
+    Each password check is a deliberately slow scrypt run inside the master's loop, so
+    failed logins are rate-limited: after MAX_FAILURES within FAILURE_WINDOW seconds, new
+    attempts are refused without hashing until the window has moved on."""
 
     protocol = TelnetShell
     servedByMaster = True
+    MAX_FAILURES = 5
+    FAILURE_WINDOW = 60.0
 
     def __init__(self, username: str, passwordHash: str) -> None:
         self.username = username
         self.passwordHash = passwordHash
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop("_failures", None)  # run-time state of one master, not configuration
+        return state
+
+    def lockedOut(self, now: float) -> bool:
+        """Whether too many logins failed lately to spend another scrypt run on one."""
+        failures = [t for t in self.__dict__.get("_failures", []) if now - t < self.FAILURE_WINDOW]
+        self._failures = failures
+        return len(failures) >= self.MAX_FAILURES
+
+    def loginFailed(self, now: float) -> None:
+        self.__dict__.setdefault("_failures", []).append(now)
 
 
 class Options(usage.Options):
