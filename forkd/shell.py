@@ -17,8 +17,10 @@ statement the shell compares a fingerprint of the application taken before and a
 ports added or removed by the statement left out, and if it differs calls
 `master.application_changed()`, which starts a graceful rolling restart, and says so.
 
-The master is single-threaded: a statement that loops forever blocks it. That is the cost of
-a shell in the process itself (the seed's design); there is no way around it without threads.
+The master is single-threaded: while a statement runs, nothing else does. So a statement
+gets `Shell.timeout` seconds (SIGALRM, where the platform has it); one that takes longer
+(`while True: pass`, `time.sleep(600)`) is interrupted with ShellTimeout, reported like any
+other exception, and the master goes back to supervising.
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ import codeop
 import contextlib
 import io
 import pickle
+import signal
 import sys
+import threading
+import time
 import traceback
 from typing import Any
 
@@ -37,6 +42,40 @@ from forkd.ports import port_key
 MAX_OUTPUT = 256 * 1024  # what one statement may print; more is cut (the frame limit is 1 MiB)
 
 Fingerprint = tuple[bytes, dict[str, bytes]]
+
+
+class ShellTimeout(BaseException):
+    """A shell statement ran longer than Shell.timeout and was interrupted."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Any:
+    """Interrupt the code in the block after `seconds`.
+
+    A no-op without SIGALRM or off the main thread (signals are delivered only there). An
+    alarm already armed by someone else is put back, less the time the block took."""
+    if (
+        not hasattr(signal, "setitimer")
+        or seconds <= 0
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise ShellTimeout(f"statement interrupted after {seconds:g}s (Shell.timeout)")
+
+    started = time.monotonic()
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    earlier, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if earlier:
+            left = earlier - (time.monotonic() - started)
+            signal.setitimer(signal.ITIMER_REAL, max(left, 0.001))
 
 
 def fingerprint(application: Any) -> Fingerprint:
@@ -67,6 +106,8 @@ def changed(before: Fingerprint, after: Fingerprint) -> bool:
 class Shell:
     """One shell session: a namespace and a compiler that remembers `from __future__`."""
 
+    timeout = 10.0  # seconds one statement may run in the master
+
     def __init__(self, master: Any) -> None:
         self.master = master
         self.namespace: dict[str, Any] = {
@@ -94,7 +135,8 @@ class Shell:
         output = io.StringIO()
         with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
             try:
-                exec(code, self.namespace)
+                with time_limit(self.timeout):
+                    exec(code, self.namespace)
             except SystemExit:
                 output.write("the shell cannot exit the master; press Ctrl-D to leave\n")
             except BaseException:  # KeyboardInterrupt too: nothing may escape into the loop

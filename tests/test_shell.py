@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -145,6 +147,21 @@ def test_exit_does_not_stop_the_master(master: FakeMaster) -> None:
     assert "cannot exit the master" in output
     output = run(Shell(master), "exit()")
     assert "cannot exit the master" in output
+
+
+@pytest.mark.parametrize("statement", ["while True: pass\n", "import time; time.sleep(600)"])
+def test_a_statement_that_runs_too_long_is_interrupted(
+    master: FakeMaster, statement: str
+) -> None:
+    alarm_before = signal.getsignal(signal.SIGALRM)
+    shell = Shell(master)
+    shell.timeout = 0.2
+    started = time.monotonic()
+    output, more = shell.push(statement)
+    assert time.monotonic() - started < 5 and not more
+    assert "ShellTimeout: statement interrupted after 0.2s" in output
+    assert shell.push("1 + 1") == ("2\n", False)  # the session goes on
+    assert signal.getsignal(signal.SIGALRM) is alarm_before  # put back as it was
 
 
 def test_output_is_captured_not_printed(master: FakeMaster, capsys: Any) -> None:
