@@ -349,3 +349,16 @@ def test_killed_master_takes_its_workers_and_a_new_start_succeeds(tmp_path: path
         assert run_forkd("status", tap).returncode == 0
     finally:
         assert run_forkd("stop", tap).returncode == 0
+
+
+def test_check_validates_a_tap_without_serving_it(tmp_path: pathlib.Path) -> None:
+    port = free_port()
+    tap = probetap.make_tap(str(tmp_path / "probe.tap"), port, fail="would fail in doStart")
+    result = run_forkd("check", tap)
+    assert result.returncode == 0, result.stderr  # doStart is a worker's business, not check's
+    assert result.stdout.startswith(f"{tap}: ok: 'probe' with <probetap.ProbeFactory on ")
+    with socket.socket() as sock:  # nothing was bound
+        sock.bind(("127.0.0.1", port))
+    (tmp_path / "junk.tap").write_bytes(b"junk")
+    result = run_forkd("check", str(tmp_path / "junk.tap"))
+    assert result.returncode == 1 and result.stderr.strip().endswith("not a forkd tap file")

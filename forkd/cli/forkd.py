@@ -79,6 +79,11 @@ def parser() -> argparse.ArgumentParser:
     status.add_argument("--pidfile", metavar="P")
     status.add_argument("--control", metavar="P")
     status.add_argument("--json", action="store_true")
+    check = commands.add_parser(
+        "check", help="check FILE.tap without serving it (like nginx -t): "
+        "it loads, its modules import, its ports pickle"
+    )
+    check.add_argument("tap", metavar="FILE.tap")
     return p
 
 
@@ -210,6 +215,20 @@ def status(args: argparse.Namespace) -> int:
     return 0
 
 
+def check(args: argparse.Namespace) -> int:
+    """What a reload validates first, on demand: the tap loads (safely), every module it
+    needs imports, every port pickles. Binds nothing and starts no factory."""
+    from forkd import reexec, tapfile
+
+    error = reexec.validate(args.tap)
+    if error is not None:
+        raise Failure(error)
+    application = tapfile.load(args.tap)
+    ports = ", ".join(repr(port) for port in application.ports) or "no ports"
+    print(f"{application.tapfile}: ok: {application.name!r} with {ports}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from forkd import reexec
@@ -223,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
             return start(args, argv)
         if args.command == "stop":
             return stop(args)
+        if args.command == "check":
+            return check(args)
         return status(args)
     except Failure as error:
         print(f"forkd: {error}", file=sys.stderr)
