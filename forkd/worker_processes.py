@@ -108,6 +108,13 @@ class WorkerProcessesMixin:
 
     def check_workers(self, now: float) -> None:
         for worker in overdue(list(self.workers.values()), now, self.config.timeout):
+            # Its heartbeats may be sitting unread in our socket buffer: after the master
+            # itself was stopped, select() can time out before it reports the channel
+            # readable. Read them before calling the worker silent.
+            if not worker.channel.closed:
+                self.on_channel(worker)
+            if now - worker.last_beat <= self.config.timeout:
+                continue
             log.error(
                 "worker %d (pid %d) sent no heartbeat for %.1fs: aborting it (SIGABRT)",
                 worker.number, worker.pid, now - worker.last_beat,

@@ -8,11 +8,13 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from collections import Counter
 
 import probetap
 import pytest
 
+from forkd.control_client import request
 from forkd.testing import RunningForkd, forkd_command, forkd_env, free_port, wait_for
 
 TESTS = str(pathlib.Path(__file__).resolve().parent)
@@ -46,7 +48,7 @@ def echo_once(port: int, payload: bytes) -> bytes:
     return data
 
 
-request = probetap.request
+request_line = probetap.request
 
 
 def test_daemonized_start_stop_and_shutdown_tap_starts_again(tmp_path: pathlib.Path) -> None:
@@ -81,7 +83,7 @@ def test_two_workers_share_one_socket(tmp_path: pathlib.Path) -> None:
         for _ in range(200):  # keep connections open so the busy worker stays busy
             sock = socket.create_connection(("127.0.0.1", port), timeout=5)
             held.append(sock)
-            counts[int(request(sock, "pid"))] += 1
+            counts[int(request_line(sock, "pid"))] += 1
             if len(counts) == 2 and min(counts.values()) >= 5:
                 break
         for sock in held:
@@ -98,7 +100,7 @@ def test_sigkill_worker_under_load_is_replaced(tmp_path: pathlib.Path) -> None:
         by_worker: dict[int, list[socket.socket]] = {}
         for _ in range(200):
             sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-            by_worker.setdefault(int(request(sock, "pid")), []).append(sock)
+            by_worker.setdefault(int(request_line(sock, "pid")), []).append(sock)
             if len(by_worker) == 2 and min(len(v) for v in by_worker.values()) >= 3:
                 break
         victim, survivor = sorted(by_worker)
@@ -120,7 +122,7 @@ def test_sigkill_worker_under_load_is_replaced(tmp_path: pathlib.Path) -> None:
             os.kill(victim, signal.SIGKILL)
             new = forkd.wait_workers(2, exclude={victim})
             for number, sock in enumerate(by_worker[survivor]):  # untouched connections
-                assert request(sock, f"req {number}") == f"ok {number} {survivor}"
+                assert request_line(sock, f"req {number}") == f"ok {number} {survivor}"
             before = sum(served.values())
             wait_for(lambda: sum(served.values()) > before + 50, message="load after kill")
         finally:
@@ -216,7 +218,7 @@ def test_graceful_stop_under_load_loses_no_accepted_request(tmp_path: pathlib.Pa
         with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
             for i in range(100000):
                 sent[number] += 1
-                reply = request(sock, f"req {i}")
+                reply = request_line(sock, f"req {i}")
                 if reply.startswith(f"ok {i} "):
                     answered[number] += 1
                 if not reply or reply.endswith(" close"):
@@ -362,3 +364,23 @@ def test_check_validates_a_tap_without_serving_it(tmp_path: pathlib.Path) -> Non
     (tmp_path / "junk.tap").write_bytes(b"junk")
     result = run_forkd("check", str(tmp_path / "junk.tap"))
     assert result.returncode == 1 and result.stderr.strip().endswith("not a forkd tap file")
+
+
+def test_a_suspended_master_does_not_kill_its_workers_on_waking(tmp_path: pathlib.Path) -> None:
+    """SIGSTOP the master past --timeout (a laptop lid, a debugger): on SIGCONT the silence
+    it measured was its own, not its workers'."""
+    tap = probetap.make_tap(str(tmp_path / "probe.tap"), free_port())
+    with RunningForkd(tap, "--timeout", "1", workers=2, extra_paths=[TESTS]) as forkd:
+        workers = forkd.wait_workers(2)
+        forkd.signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 3.0  # three timeouts' worth of suspension
+        while time.monotonic() < deadline:  # the point is wall time passing: nothing to poll
+            time.sleep(0.1)
+        forkd.signal(signal.SIGCONT)
+        ctl = str(tmp_path / "probe.ctl")
+        assert request(ctl, "status", timeout=10)["pid"] == forkd.pid  # its loop runs again
+        settle = time.monotonic() + 2.0  # two more timeouts: a wrongful kill would show now
+        while time.monotonic() < settle:
+            assert forkd.worker_pids() == workers, forkd.log()[-2000:]
+            time.sleep(0.1)
+        assert "aborting it (SIGABRT)" not in forkd.log()
