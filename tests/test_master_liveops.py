@@ -11,7 +11,9 @@ import sys
 import probetap
 import pytest
 
-from forkd.testing import RunningForkd, forkd_env, free_port
+from forkd.app import Application
+from forkd.ports import TCPPort
+from forkd.testing import RunningForkd, forkd_env, free_port, wait_for
 
 TESTS = str(pathlib.Path(__file__).resolve().parent)
 pytestmark = [
@@ -64,3 +66,38 @@ def test_reload_reports_validation_errors_to_the_client(tmp_path: pathlib.Path) 
         failed = forkctl(ctl, "reload")
         assert failed.returncode != 0 and "ValueError: broken" in failed.stderr
         assert forkd.worker_pids() == workers
+
+
+def test_reload_binds_ports_new_on_disk_and_closes_ports_gone(tmp_path: pathlib.Path) -> None:
+    kept, gone, new = free_port(), free_port(), free_port()
+    tap = str(tmp_path / "probe.tap")
+
+    def write_tap(ports: list[int]) -> None:
+        application = Application("probe")
+        for port in ports:
+            application.addPort(TCPPort(port, probetap.ProbeFactory(), interface="127.0.0.1"))
+        application.tapfile = tap
+        application.save()
+
+    write_tap([kept, gone])
+    ctl = str(tmp_path / "probe.ctl")
+    with RunningForkd(tap, workers=2, extra_paths=[TESTS]) as forkd:
+        first = forkd.wait_workers(2)
+        assert probetap.ask(gone, "pid") in {str(pid) for pid in first}
+        write_tap([kept, new])  # what an operator does with mktap, then reloads
+        reloaded = forkctl(ctl, "reload")
+        assert reloaded.returncode == 0, reloaded.stderr
+        second = forkd.wait_workers(2, exclude=first)
+        assert probetap.ask(new, "pid") in {str(pid) for pid in second}
+        assert probetap.ask(kept, "pid") in {str(pid) for pid in second}
+        wait_for(lambda: refused(gone), message=f"port {gone} closed after the reload")
+        status = forkctl(ctl, "status").stdout
+        assert f"tcp:127.0.0.1:{new}" in status and f"tcp:127.0.0.1:{gone}" not in status
+
+
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
