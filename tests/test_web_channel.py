@@ -102,7 +102,7 @@ def test_hello_response_has_date_server_length_and_keeps_alive() -> None:
 def test_pipelined_requests_in_any_chunk_size_answer_in_order(size: int) -> None:
     channel, transport, _ = make(Echo())
     stream = b"".join(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(5))
-    stream += b"POST /p HTTP/1.1\r\nContent-Length: 4\r\n\r\nbody"
+    stream += b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody"
     for start in range(0, len(stream), size):
         channel.dataReceived(stream[start : start + size])
     bodies = [r.body for r in responses(transport)]
@@ -119,8 +119,8 @@ def test_requests_counter_counts_each_request() -> None:
 @pytest.mark.parametrize(
     ("request_bytes", "closes", "connection_header"),
     [
-        (b"GET / HTTP/1.1\r\n\r\n", False, None),
-        (b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", True, b"close"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", False, None),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", True, b"close"),
         (b"GET / HTTP/1.0\r\n\r\n", True, b"close"),
         (b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", False, b"keep-alive"),
         (b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", False, b"keep-alive"),
@@ -138,7 +138,7 @@ def test_keep_alive_rules_of_each_version(
 
 def test_head_sends_headers_of_get_without_body() -> None:
     channel, transport, _ = make()
-    channel.dataReceived(b"HEAD / HTTP/1.1\r\n\r\n" + GET)
+    channel.dataReceived(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n" + GET)
     head, full = responses(transport, heads=(True,))
     assert head.headers[b"content-length"] == b"14" and head.body == b""
     assert full.body == b"Hello, world!\n"
@@ -148,13 +148,13 @@ def test_head_sends_headers_of_get_without_body() -> None:
     ("data", "status"),
     [
         (b"GARBAGE\r\n\r\n", 400),
-        (b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", 400),
-        (b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n", 400),
         (b"GET / HTTP/9.9\r\n\r\n", 400),
-        (b"FOO / HTTP/1.1\r\n\r\n", 501),
-        (b"GET / HTTP/1.1\r\nX: " + b"a" * 70000 + b"\r\n\r\n", 431),
-        (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", 431),
-        (b"POST / HTTP/1.1\r\nContent-Length: 2000000\r\n\r\n", 413),
+        (b"FOO / HTTP/1.1\r\nHost: x\r\n\r\n", 501),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 70000 + b"\r\n\r\n", 431),
+        (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 431),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n", 413),
     ],
 )
 def test_error_statuses_close_the_connection(data: bytes, status: int) -> None:
@@ -171,14 +171,14 @@ def test_error_statuses_close_the_connection(data: bytes, status: int) -> None:
 )
 def test_method_the_resource_lacks_is_405_if_supported_else_501(method: bytes, status: int) -> None:
     channel, transport, _ = make()
-    channel.dataReceived(b"%s / HTTP/1.1\r\nContent-Length: 0\r\n\r\n" % method + GET)
+    channel.dataReceived(b"%s / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n" % method + GET)
     first, second = responses(transport)
     assert (first.status, second.status) == (status, 200)
 
 
 def test_405_lists_allowed_methods() -> None:
     channel, transport, _ = make()
-    channel.dataReceived(b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
     [response] = responses(transport)
     assert response.status == 405
     assert response.headers[b"allow"] == b"GET, HEAD"
@@ -187,7 +187,7 @@ def test_405_lists_allowed_methods() -> None:
 
 def test_many_small_header_chunks_over_limit_get_431() -> None:
     channel, transport, _ = make(maxHeaderSize=1000)
-    channel.dataReceived(b"GET / HTTP/1.1\r\n")
+    channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n")
     for i in range(40):
         channel.dataReceived(b"X-%d: %s\r\n" % (i, b"v" * 40))
     [response] = responses(transport)
@@ -196,7 +196,7 @@ def test_many_small_header_chunks_over_limit_get_431() -> None:
 
 def test_chunked_body_over_limit_gets_413() -> None:
     channel, transport, _ = make(Echo(), maxBodySize=10)
-    channel.dataReceived(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
     channel.dataReceived(b"8\r\n12345678\r\n")
     assert transport.value() == b""
     channel.dataReceived(b"8\r\n12345678\r\n0\r\n\r\n")
@@ -207,7 +207,7 @@ def test_chunked_body_over_limit_gets_413() -> None:
 def test_chunked_request_body_is_decoded() -> None:
     channel, transport, _ = make(Echo())
     channel.dataReceived(
-        b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"3\r\nabc\r\n4;ext=1\r\ndefg\r\n0\r\n\r\n"
     )
     [response] = responses(transport)
@@ -216,7 +216,9 @@ def test_chunked_request_body_is_decoded() -> None:
 
 def test_expect_100_continue_is_answered_before_the_body() -> None:
     channel, transport, _ = make(Echo())
-    channel.dataReceived(b"PUT /u HTTP/1.1\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n")
+    channel.dataReceived(
+        b"PUT /u HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n"
+    )
     assert transport.value() == b"HTTP/1.1 100 Continue\r\n\r\n"
     channel.dataReceived(b"xyz")
     assert transport.value().count(b"HTTP/1.1 ") == 2
@@ -225,7 +227,9 @@ def test_expect_100_continue_is_answered_before_the_body() -> None:
 
 def test_expect_100_continue_with_too_large_body_gets_413_not_100() -> None:
     channel, transport, _ = make(Echo(), maxBodySize=10)
-    channel.dataReceived(b"PUT / HTTP/1.1\r\nContent-Length: 30\r\nExpect: 100-continue\r\n\r\n")
+    channel.dataReceived(
+        b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 30\r\nExpect: 100-continue\r\n\r\n"
+    )
     assert transport.value().startswith(b"HTTP/1.1 413 ")
 
 
@@ -277,11 +281,11 @@ def test_pipelined_requests_wait_for_the_response_in_progress() -> None:
     later = Later()
     channel, transport, _ = make(later, maxPipelined=3)
     channel.dataReceived(GET)
-    channel.dataReceived(b"POST / HTTP/1.1\r\nContent-Length: 1\r\n\r\nA")
-    channel.dataReceived(b"POST / HTTP/1.1\r\nContent-Length: 1\r\n\r\nB")
+    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nA")
+    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nB")
     assert transport.value() == b""
     assert transport.producerState == "producing"
-    channel.dataReceived(b"POST / HTTP/1.1\r\nContent-Length: 1\r\n\r\nC")
+    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nC")
     assert transport.producerState == "paused"  # queue bound reached: stop reading
     first = later.pending.pop()
     first.write(b"first")
@@ -400,7 +404,7 @@ def test_drain_mid_request_finishes_it_with_connection_close() -> None:
 def test_drain_during_response_answers_queued_requests_then_closes() -> None:
     later = Later()
     channel, transport, _ = make(later)
-    channel.dataReceived(GET + b"POST / HTTP/1.1\r\nContent-Length: 1\r\n\r\nZ")
+    channel.dataReceived(GET + b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nZ")
     channel.connectionDraining()
     later.pending.pop().finish()
     first, second = responses(transport)
@@ -420,7 +424,8 @@ def test_write_backpressure_pauses_reading() -> None:
 def test_upgrade_request_is_answered_then_closed() -> None:
     channel, transport, _ = make()
     channel.dataReceived(
-        b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\x81\x00junk"
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"
+        b"\x81\x00junk"
     )
     [response] = responses(transport)
     assert response.status == 200 and response.headers[b"connection"] == b"close"

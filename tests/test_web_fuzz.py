@@ -17,11 +17,11 @@ from tests.webserving import get, serving
 
 VALID = (
     b"GET /a?b=c HTTP/1.1\r\nHost: x\r\n\r\n"
-    b"POST /p HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"
-    b"PUT /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n"
+    b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+    b"PUT /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n"
     b"2\r\nhi\r\n0\r\n\r\n"
     b"HEAD / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
-    b"GET /later HTTP/1.1\r\n\r\n"
+    b"GET /later HTTP/1.1\r\nHost: x\r\n\r\n"
 )
 
 

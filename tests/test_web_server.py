@@ -51,8 +51,8 @@ def test_keep_alive_serves_many_requests_on_one_connection(hello: Any) -> None:
 
 def test_pipelined_burst_is_answered_in_order(hello: Any) -> None:
     with connect(hello.port) as sock:
-        burst = b"GET / HTTP/1.1\r\n\r\nHEAD / HTTP/1.1\r\n\r\n" * 50
-        sock.sendall(burst + b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+        burst = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nHEAD / HTTP/1.1\r\nHost: x\r\n\r\n" * 50
+        sock.sendall(burst + b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         reader = ResponseReader(sock)
         for _ in range(50):
             assert reader.read().body == b"Hello, world!\n"
@@ -67,8 +67,8 @@ def test_pipelining_behind_a_slow_response_keeps_order() -> None:
     slow = Slow()
     with serving(server.Site(slow)) as served, connect(served.port) as sock:
         sock.sendall(
-            b"GET /slow HTTP/1.1\r\n\r\nGET /a HTTP/1.1\r\n\r\n"
-            b"POST /b HTTP/1.1\r\nContent-Length: 5\r\n\r\n12345"
+            b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n12345"
         )
         wait_for(lambda: slow.pending, what="the slow request")
 
@@ -87,10 +87,10 @@ def test_pipelining_behind_a_slow_response_keeps_order() -> None:
     ("data", "status"),
     [
         (b"\x00\x01garbage\r\n\r\n", 400),
-        (b"BREW / HTTP/1.1\r\n\r\n", 501),
-        (b"DELETE / HTTP/1.1\r\n\r\n", 405),
-        (b"GET / HTTP/1.1\r\nCookie: " + b"c" * 100_000 + b"\r\n\r\n", 431),
-        (b"POST / HTTP/1.1\r\nContent-Length: 5000000\r\n\r\n", 413),
+        (b"BREW / HTTP/1.1\r\nHost: x\r\n\r\n", 501),
+        (b"DELETE / HTTP/1.1\r\nHost: x\r\n\r\n", 405),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nCookie: " + b"c" * 100_000 + b"\r\n\r\n", 431),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n", 413),
     ],
 )
 def test_error_statuses_on_a_real_socket(hello: Any, data: bytes, status: int) -> None:
@@ -117,7 +117,9 @@ def test_header_timeout_cuts_off_slowloris_while_others_are_served() -> None:
 
 def test_request_body_and_expect_continue_over_socket() -> None:
     with serving(server.Site(Slow())) as served, connect(served.port) as sock:
-        sock.sendall(b"POST / HTTP/1.1\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n")
+        sock.sendall(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n"
+        )
         reader = ResponseReader(sock)
         assert reader._line() == b"HTTP/1.1 100 Continue"
         assert reader._line() == b""
@@ -131,9 +133,9 @@ def test_drain_closes_idle_and_finishes_in_progress_with_connection_close() -> N
         idle = connect(served.port)
         busy = connect(served.port)
         idle_reader, busy_reader = ResponseReader(idle), ResponseReader(busy)
-        idle.sendall(b"GET /x HTTP/1.1\r\n\r\n")
+        idle.sendall(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
         assert idle_reader.read().body == b"fast /x"
-        busy.sendall(b"GET /y HTTP/1.1\r\n\r\nGET /slow HTTP/1.1\r\n\r\n")
+        busy.sendall(b"GET /y HTTP/1.1\r\nHost: x\r\n\r\nGET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
         assert busy_reader.read().body == b"fast /y"
         wait_for(lambda: slow.pending, what="the slow request")
 
@@ -166,7 +168,7 @@ def test_server_survives_peer_reset_mid_request(hello: Any) -> None:
 
 def test_413_reaches_a_client_still_uploading(hello: Any) -> None:
     with connect(hello.port) as sock:
-        sock.sendall(b"POST / HTTP/1.1\r\nContent-Length: 50000000\r\n\r\n")
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 50000000\r\n\r\n")
         sock.sendall(b"x" * 2_000_000)  # the server discards it while it lingers
         reader = ResponseReader(sock)
         response = reader.read()

@@ -209,7 +209,7 @@ def test_traversal_attempts_never_leave_the_root(served: Any, path: bytes) -> No
 
 
 def test_absolute_form_traversal_is_refused(served: Any) -> None:
-    response = request(served.port, b"GET http://x/../secret.txt HTTP/1.1\r\n\r\n")
+    response = request(served.port, b"GET http://x/../secret.txt HTTP/1.1\r\nHost: x\r\n\r\n")
     assert response.status in (400, 404) and SECRET not in response.body
 
 
@@ -249,7 +249,7 @@ def test_client_leaving_mid_download_releases_file_and_socket(tree: pathlib.Path
         before = _fd_count()
         sock = connect_socket(s.port)
         sock.setsockopt(__import__("socket").SOL_SOCKET, __import__("socket").SO_RCVBUF, 4096)
-        sock.sendall(b"GET /big.bin HTTP/1.1\r\n\r\n")
+        sock.sendall(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
         ResponseReader(sock)._line()  # the response has started
         sock.close()
         wait_for(lambda: _fd_count() <= before, what="the server to release its descriptors")
@@ -284,7 +284,7 @@ def test_copying_path_respects_write_backpressure(tree: pathlib.Path) -> None:
     site = server.Site(static.File(str(tree)))
     channel = connect(site, transport)
     transport.protocol = channel
-    channel.dataReceived(b"GET /big.bin HTTP/1.1\r\n\r\n")
+    channel.dataReceived(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
     received = b""
     for _ in range(1000):
         if transport.value() == b"":
@@ -362,6 +362,6 @@ def test_file_shrinking_while_sent_aborts_the_connection(tmp_path: Any, monkeypa
         return b"" if offset >= static.SMALL_FILE else real_pread(fd, size, offset)
 
     monkeypatch.setattr(sendfile.os, "pread", shrunk)
-    channel.dataReceived(b"GET /f.bin HTTP/1.1\r\n\r\n")
+    channel.dataReceived(b"GET /f.bin HTTP/1.1\r\nHost: x\r\n\r\n")
     assert transport.aborted  # the promised Content-Length cannot be met
     assert transport.value().startswith(b"HTTP/1.1 200 OK")

@@ -60,6 +60,18 @@ _METHOD_LIKE = re.compile(rb"(?:^|\n)[!#$%&'*+.^_`|~0-9A-Za-z-]+(?: |$)")
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
+def _valid_target(method: bytes, url: bytes) -> bool:
+    """Whether a request target that is not origin-form (`/path`) is one we can serve:
+    `*` for OPTIONS, or absolute-form `http(s)://host/...` (RFC 9112 3.2). CONNECT's
+    authority-form is left to the resource (it is answered and the connection closed)."""
+    if url == b"*":
+        return method == b"OPTIONS"
+    if method == b"CONNECT":
+        return True
+    scheme, sep, rest = url.partition(b"://")
+    return bool(sep) and scheme.lower() in (b"http", b"https") and rest[:1] not in (b"", b"/")
+
+
 class _Reject(Exception):
     """Raised inside a parser callback to answer the request with an error status."""
 
@@ -166,23 +178,38 @@ class HTTPChannel(Protocol):
         parser = self._parser
         method = parser.get_method()
         keep = parser.should_keep_alive()
+        version = parser.get_http_version()
         length = -1
         expect = False
+        hosts = 0
         for name, value in self._headers:
             size = len(name)
-            if size == 14 and name.lower() == b"content-length":
+            if size == 4 and name.lower() == b"host":
+                hosts += 1
+            elif size == 14 and name.lower() == b"content-length":
                 length = int(value)
             elif size == 6 and name.lower() == b"expect":
                 expect = value.lower() == b"100-continue"
             elif size == 7 and name.lower() == b"upgrade":
                 keep = False
+            elif size == 17 and version == "1.0" and name.lower() == b"transfer-encoding":
+                # RFC 9112 6.1: a 1.0 message with a transfer coding has faulty framing
+                # (an intermediary may have read it by Content-Length): never reuse.
+                keep = False
+        # RFC 9112 3.2: a 1.1 request without exactly one Host is a 400 (nginx too); more
+        # than one lets a proxy and this server disagree about which host is meant.
+        if hosts > 1 or (not hosts and version == "1.1"):
+            raise _Reject(400)
+        url = self._url
+        if url[:1] != b"/" and not _valid_target(method, url):
+            raise _Reject(400)
         if method == b"CONNECT":
             keep = False
         self._request = self.requestFactory(
             self,
             method,
-            self._url,
-            _VERSIONS.get(parser.get_http_version(), b"HTTP/1.1"),
+            url,
+            _VERSIONS.get(version, b"HTTP/1.1"),
             self._headers,
             keep,
         )
@@ -190,7 +217,9 @@ class HTTPChannel(Protocol):
         self._since = self._timeouts.now
         if length > site.maxBodySize:
             raise _Reject(413)
-        if expect and self._active is None and not self._queue:
+        # RFC 9110 10.1.1: an HTTP/1.0 client does not know 100 (it would take it for the
+        # response), so its expectation is ignored.
+        if expect and version != "1.0" and self._active is None and not self._queue:
             self.transport.write(CONTINUE)
 
     def on_body(self, body: bytes) -> None:

@@ -77,6 +77,12 @@ class Request(ResponseWriter):
         else:  # absolute-form (a proxy-style request line): keep its path and query
             parts = urlsplit(uri)
             path, self._query = parts.path or b"/", parts.query
+            if parts.netloc:
+                # RFC 9112 3.2.2: the target's host replaces any Host header (so vhosts,
+                # getRequestHostname and prePathURL all agree with what was asked for).
+                host = parts.netloc.rpartition(b"@")[2]
+                rawHeaders = [(n, v) for n, v in rawHeaders if n.lower() != b"host"]
+                rawHeaders.append((b"Host", host))
         self.path = path
         self.clientproto = clientproto
         self.keepAlive = keepAlive
@@ -99,6 +105,7 @@ class Request(ResponseWriter):
         self._notifiers: list[Notifier] | None = None
         self._disconnected = False
         self._sender: Any = None
+        self._length = -1
 
     # -- the request ----------------------------------------------------------------------
     @property

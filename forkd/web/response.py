@@ -13,12 +13,15 @@ drains unless the client already sent more, and off for a body delimited by clos
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from forkd.web.dates import date_header
 from forkd.web.headers import Headers, canonical_name, reason_phrase, status_line
 from forkd.web.notify import Notifier
 from forkd.web.resource import UnsupportedMethod
+
+log = logging.getLogger("forkd.web")
 
 SERVER = b"Server: forkd\r\n"
 _NO_BODY_CODES = frozenset({204, 304})
@@ -44,6 +47,7 @@ class ResponseWriter:
         "_notifiers",
         "_disconnected",
         "_sender",
+        "_length",
     )
 
     defaultContentType = b"text/html"
@@ -66,6 +70,7 @@ class ResponseWriter:
     _notifiers: list[Notifier] | None
     _disconnected: bool
     _sender: Any
+    _length: int
 
     @property
     def responseHeaders(self) -> Headers:
@@ -200,11 +205,17 @@ class ResponseWriter:
         if not self.startedWriting:
             parts = self._headerBlock(None)
             self.startedWriting = True
+            if not self._chunked:
+                self._length = self._declaredLength()
+            if self._length >= 0:
+                data = self._clip(data)
             if data and self.method != b"HEAD" and self.code not in _NO_BODY_CODES:
                 self.sentLength += len(data)
                 parts.append(b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else bytes(data))
             out: bytes | bytearray | memoryview = b"".join(parts)
         elif data and self.method != b"HEAD" and self.code not in _NO_BODY_CODES:
+            if self._length >= 0:
+                data = self._clip(data)
             self.sentLength += len(data)
             out = b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data
         else:
@@ -228,7 +239,45 @@ class ResponseWriter:
             channel = self.channel
             channel._written += 5
             channel.transport.write(b"0\r\n\r\n")
+        elif 0 <= self.sentLength < self._length:
+            # Fewer bytes than the Content-Length promised: the client would take the next
+            # response for the rest of this body. Close instead (nginx does the same when
+            # an upstream falls short): the client sees a truncated response, not garbage.
+            log.error(
+                "response to %r is %d of the %d bytes its Content-Length says: closing",
+                self.uri,
+                self.sentLength,
+                self._length,
+            )
+            self._keep = False
         self._done()
+
+    def _declaredLength(self) -> int:
+        """The Content-Length the headers just sent promise a body of, or -1 (none, or a
+        response that has no body: HEAD, 1xx, 204, 304)."""
+        out = self._out
+        if out is None or self.method == b"HEAD" or self.code in _NO_BODY_CODES:
+            return -1
+        values = out._raw.get(b"content-length")
+        try:
+            return int(values[-1]) if values else -1
+        except ValueError:
+            return -1
+
+    def _clip(self, data: bytes | bytearray | memoryview) -> bytes | bytearray | memoryview:
+        """`data` cut to what is left of the declared Content-Length: bytes beyond it would
+        be read as the start of the next response (the connection closes after this one)."""
+        room = self._length - self.sentLength
+        if len(data) <= room:
+            return data
+        if self._keep:
+            log.error(
+                "response to %r is longer than its Content-Length %d: extra bytes dropped",
+                self.uri,
+                self._length,
+            )
+            self._keep = False
+        return data[:room]
 
     def _done(self) -> None:
         self.finished = True

@@ -21,6 +21,7 @@ import html
 import mimetypes
 import os
 import stat
+import time
 from typing import Any
 from urllib.parse import quote
 
@@ -77,9 +78,9 @@ def parse_range(header: bytes, size: int) -> tuple[int, int] | None | bool:
         end = int(last) if last else size - 1
     except ValueError:
         return None
-    if end < start:
+    if last and end < start:  # `bytes=5-2` is invalid: ignored
         return None
-    if start >= size:
+    if start >= size:  # `bytes=10-` of 10 bytes (or any range of an empty file) is 416
         return False
     return start, min(end, size - 1)
 
@@ -171,7 +172,10 @@ class File(Resource):
     def _renderDirectory(self, request: Any, real: str, root: str) -> Any:
         if not request.path.endswith(b"/"):
             query = request.uri.partition(b"?")[2]
-            request.redirect(request.path + b"/" + (b"?" + query if query else b""), 301)
+            # One leading slash: `//evil.example` + `/` would be a protocol-relative
+            # Location, sending the browser to another host (an open redirect).
+            location = b"/" + request.path.lstrip(b"/") + b"/"
+            request.redirect(location + (b"?" + query if query else b""), 301)
             return b""
         for name in self.indexNames:
             index = os.path.realpath(os.path.join(real, name))
@@ -254,7 +258,9 @@ class File(Resource):
         since = request.getHeader(b"if-modified-since")
         if since is not None:
             when = parse_http_date(since)
-            return when is not None and int(mtime) <= when
+            # A date in the future is invalid (RFC 7232 3.3): honouring it would answer 304
+            # for every change until then, to a client whose clock runs ahead.
+            return when is not None and int(mtime) <= when <= time.time()
         return False
 
     @staticmethod
@@ -272,11 +278,13 @@ class File(Resource):
             names = sorted(os.listdir(real))
         except OSError:
             return ForbiddenResource().render(request)
-        title = html.escape(os.fsdecode(request.path), quote=True)
+        title = html.escape(request.path.decode("utf-8", "replace"), quote=True)
         rows = []
         for name in names:
             is_dir = os.path.isdir(os.path.join(real, name))
-            shown = name + ("/" if is_dir else "")
+            # Names that are not UTF-8 come back from listdir with surrogates: shown with
+            # U+FFFD, so the page stays valid UTF-8 (the link keeps the exact bytes).
+            shown = os.fsencode(name).decode("utf-8", "replace") + ("/" if is_dir else "")
             link = quote(os.fsencode(name)) + ("/" if is_dir else "")
             rows.append(f'<li><a href="{html.escape(link)}">{html.escape(shown)}</a></li>')
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
@@ -286,4 +294,4 @@ class File(Resource):
             f"<h1>Directory listing for {title}</h1><ul>\n" + "\n".join(rows) + "\n</ul>"
             "</body></html>\n"
         )
-        return page.encode("utf-8", "surrogateescape")
+        return page.encode("utf-8")
