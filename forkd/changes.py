@@ -156,6 +156,9 @@ class ChangesMixin(WorkerProcessesMixin):
 
     def restart(self, done: Done | None) -> None:
         """Replace every worker by a new generation forked from the in-memory application."""
+        if self.state is MasterState.STOPPING:
+            call(done, "the master is stopping")
+            return
         if self.rollout is not None and self.rollout.kind == "restart":
             if done is not None:
                 self.rollout.done.append(done)
@@ -176,6 +179,9 @@ class ChangesMixin(WorkerProcessesMixin):
         """Validate the tap on disk in a child, then re-exec in place (see forkd.reexec)."""
         from forkd import reexec
 
+        if self.state is MasterState.STOPPING:
+            call(done, "the master is stopping")
+            return
         if self.rollout is not None or self.reloading is not None:
             call(done, "a restart or reload is already in progress")
             return
@@ -197,6 +203,9 @@ class ChangesMixin(WorkerProcessesMixin):
         def validated(status: int) -> None:
             timer.cancel()
             error = reexec.validation_result(output, status)
+            if error is None and self.state is MasterState.STOPPING:
+                # a stop came while the validator ran: the new image would forget it
+                error = "the master is stopping"
             if error is not None:
                 finished, self.reloading = self.reloading, None
                 log.error("reload refused: %s", error)
@@ -207,6 +216,20 @@ class ChangesMixin(WorkerProcessesMixin):
             call(finished, f"cannot re-execute the master: {error}")
 
         self.helpers[pid] = validated
+
+    def abandon_changes(self, reason: str) -> None:
+        """The master is stopping: answer the restart or reload in progress now, since no
+        new generation will be waited for (its workers are being stopped with the rest)."""
+        rollout, self.rollout = self.rollout, None
+        if rollout is not None:
+            log.info("%s abandoned: %s", rollout.kind, reason)
+            for done in rollout.done:
+                call(done, reason)
+        # a reload still validating: its callback sees STOPPING and does not exec
+        finished, self.reloading = self.reloading, None
+        if finished is not None:
+            log.info("reload abandoned: %s", reason)
+            call(finished, reason)
 
     # -- bookkeeping, called by the master's loop -----------------------------------------
     def serving_workers(self) -> list[WorkerProcess]:
@@ -286,7 +309,7 @@ class ChangesMixin(WorkerProcessesMixin):
         rollout = self.rollout
         if rollout is None or worker.generation != self.generation:
             return False
-        if worker.state is not WorkerState.BOOTING:
+        if worker.was_ready:  # crashed after ready: respawned with backoff, no rollback
             return False
         self.rollout = None
         for other in list(self.workers.values()):

@@ -173,7 +173,11 @@ class Master(ChangesMixin):
 
     def run(self) -> int:
         """Serve until stopped; return the exit code."""
-        self.loop.watch_signals([getattr(signal, f"SIG{name}") for name in HANDLED_SIGNALS])
+        signals = [getattr(signal, f"SIG{name}") for name in HANDLED_SIGNALS]
+        self.loop.watch_signals(signals)
+        # a re-exec blocks them across execve (see forkd.reexec): the handlers are in
+        # place now, so what arrived meanwhile is delivered and queued like any signal
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
         title = os.path.basename(self.tapfile)
         setproctitle.setproctitle(f"forkd: master [{title}]")
         log.info(
@@ -339,11 +343,15 @@ class Master(ChangesMixin):
                     self.kill(worker.pid, signal.SIGQUIT)
             return
         self.state = MasterState.STOPPING
+        self.abandon_changes("the master is stopping")
         sd_notify("STOPPING=1")
         log.info("stopping (%s)", "graceful" if graceful else "fast")
         for worker in list(self.workers.values()):
+            # One still booting has no connection to drain, and may be stuck in its
+            # factories' startFactory: waiting the graceful timeout for it only delays the stop.
+            drain = graceful and worker.state is not WorkerState.BOOTING
             worker.state = WorkerState.BOOTING  # so stop_worker acts even on stopping ones
-            self.stop_worker(worker, graceful)
+            self.stop_worker(worker, drain)
 
     def scale(self, spec: str) -> int:
         """"N", "+N" or "-N" workers; returns the new target (at least 0)."""

@@ -22,6 +22,7 @@ import functools
 import json
 import os
 import pickle
+import signal
 import socket
 import sys
 import tempfile
@@ -30,7 +31,7 @@ from typing import Any
 from forkd import logs
 from forkd.channel import Channel
 from forkd.ports import port_key
-from forkd.supervision import WorkerProcess, WorkerState, clock
+from forkd.supervision import KILL_GRACE, WorkerProcess, WorkerState, clock
 
 ENV = "FORKD_REEXEC"
 log = logs.get("master")
@@ -127,7 +128,11 @@ def reexec(master: Any) -> str:
             _flush(worker.channel)
         state["workers"].append(
             {"pid": worker.pid, "number": worker.number, "generation": worker.generation,
-             "fd": worker.channel.fileno(), "state": worker.state.value}
+             "fd": worker.channel.fileno(), "state": worker.state.value,
+             "was_ready": worker.was_ready,
+             # a draining worker's SIGKILL deadline, as seconds from now (clocks are per
+             # image only in theory, but a relative deadline needs no shared epoch)
+             "kill_in": None if worker.kill_at is None else worker.kill_at - clock()}
         )
         fds.append(worker.channel.fileno())
     if master.control is not None:
@@ -159,10 +164,15 @@ def reexec(master: Any) -> str:
     for handler in logs.get("").handlers:
         handler.flush()
     env = dict(os.environ, **{ENV: path})
+    # execve resets caught signals to their default action, which for HUP, USR1, TERM... is
+    # to die: a signal landing before the new image installs its handlers would kill the
+    # master. Blocked, they stay pending across the exec until `Master.run` unblocks them.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, handled_signals())
     try:
         os.execve(sys.executable, [sys.executable, "-m", "forkd.cli.forkd", *master.config.argv],
                   env)
     except OSError as error:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         for fd in fds:
             with contextlib.suppress(OSError):
                 os.set_inheritable(fd, False)
@@ -170,6 +180,13 @@ def reexec(master: Any) -> str:
             os.unlink(path)
         return str(error)
     return "exec returned"  # pragma: no cover
+
+
+def handled_signals() -> set[signal.Signals]:
+    """The signals the master handles (blocked across the exec)."""
+    from forkd.master import HANDLED_SIGNALS
+
+    return {getattr(signal, f"SIG{name}") for name in HANDLED_SIGNALS}
 
 
 def _flush(channel: Channel) -> None:
@@ -229,8 +246,13 @@ def resume(state: dict[str, Any], log_setup: Any) -> Any:
         channel = Channel(socket.socket(fileno=entry["fd"]))
         worker = WorkerProcess(entry["pid"], entry["number"], entry["generation"], channel, clock())
         worker.state = WorkerState(entry["state"])
-        if worker.state is WorkerState.TIMED_OUT:
+        worker.was_ready = bool(entry.get("was_ready", worker.state is not WorkerState.BOOTING))
+        if entry.get("kill_in") is not None:
+            worker.kill_at = clock() + max(0.0, float(entry["kill_in"]))
+        elif worker.state is WorkerState.TIMED_OUT:  # from an image that kept no deadline
             worker.kill_at = clock()
+        elif worker.state is WorkerState.STOPPING:
+            worker.kill_at = clock() + config.graceful_timeout + KILL_GRACE
         master.workers[worker.pid] = worker
         master.loop.add_reader(channel.fd, functools.partial(master.on_channel, worker))
     if state.get("pidfile_fd") is not None:

@@ -60,6 +60,7 @@ class WorkerProcess:
     requests: int = 0
     boot_error: str | None = None
     kill_at: float | None = None  # SIGKILL deadline once stopping or timed out
+    was_ready: bool = False  # said "ready" once: its later failures are not boot failures
 
     def __post_init__(self) -> None:
         if not self.last_beat:

@@ -27,7 +27,13 @@ from forkd.supervision import (
     kills_due,
     overdue,
 )
-from forkd.worker import EXIT_BOOT_FAILED, Worker, WorkerSettings, served_by_worker
+from forkd.worker import (
+    EXIT_BOOT_FAILED,
+    HEARTBEAT_INTERVAL,
+    Worker,
+    WorkerSettings,
+    served_by_worker,
+)
 
 log = logs.get("master")
 
@@ -66,6 +72,8 @@ class WorkerProcessesMixin:
                 number=number,
                 title=os.path.basename(self.tapfile),
                 graceful_timeout=self.config.graceful_timeout,
+                # several beats per timeout: one late timer must not look like a hung worker
+                heartbeat_interval=min(HEARTBEAT_INTERVAL, self.config.timeout / 4),
             )
             Worker(self.application, worker_end, settings, self.log_setup).run()
         worker_end.close()
@@ -149,6 +157,7 @@ class WorkerProcessesMixin:
             worker.beat(now, message)
         elif op == "ready":
             worker.beat(now, message)
+            worker.was_ready = True
             if worker.state is WorkerState.BOOTING:
                 worker.state = WorkerState.READY
             log.info("worker %d (pid %d) ready", worker.number, worker.pid)

@@ -5,6 +5,9 @@ answered, can block its worker, and can refuse to start.
     req N          -> "ok N <worker pid>" (with " close" and a close while draining)
     block          -> sleeps in dataReceived (a stuck worker, for the heartbeat timeout)
     anything else  -> echoed back
+
+`crash_flag=PATH`: while PATH exists, a worker exits (code 1) shortly after it starts
+serving, so a crash loop after boot can be turned on and off under a running master.
 """
 
 from __future__ import annotations
@@ -54,25 +57,35 @@ class Probe(Protocol):
 class ProbeFactory(Factory):
     protocol = Probe
 
-    hang = False  # class default: taps pickled before the attribute existed still load
+    hang = False  # class defaults: taps pickled before the attribute existed still load
+    crash_flag: str | None = None
 
-    def __init__(self, fail: str | None = None, hang: bool = False) -> None:
+    def __init__(
+        self, fail: str | None = None, hang: bool = False, crash_flag: str | None = None
+    ) -> None:
         self.fail = fail
         self.hang = hang
+        self.crash_flag = crash_flag
 
     def startFactory(self) -> None:
         if self.hang:
             time.sleep(600)  # a worker that never finishes booting
         if self.fail:
             raise ValueError(self.fail)
+        if self.crash_flag and os.path.exists(self.crash_flag):
+            import threading
+
+            threading.Timer(0.2, os._exit, (1,)).start()  # after it said "ready"
 
 
 def make_tap(
-    path: str, port: int, fail: str | None = None, name: str = "probe", hang: bool = False
+    path: str, port: int, fail: str | None = None, name: str = "probe", hang: bool = False,
+    crash_flag: str | None = None,
 ) -> str:
     """Write a tap serving the probe on 127.0.0.1:`port`."""
     application = Application(name)
-    application.addPort(TCPPort(port, ProbeFactory(fail, hang), interface="127.0.0.1"))
+    factory = ProbeFactory(fail, hang, crash_flag)
+    application.addPort(TCPPort(port, factory, interface="127.0.0.1"))
     application.tapfile = os.path.abspath(path)
     return str(application.save())
 
