@@ -29,7 +29,6 @@ Why it is built this way:
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -43,6 +42,7 @@ from typing import Any
 from forkd.control_connection import MAX_OUTPUT_BUFFER, ClientConnection
 from forkd.control_reply import Reply
 from forkd.control_wire import HEADER, MAX_MESSAGE, VERSION, encode, error_response, one_line
+from forkd.ports import remove_stale_unix_socket
 
 __all__ = [
     "HEADER", "MAX_CLIENTS", "MAX_MESSAGE", "MAX_OUTPUT_BUFFER", "VERSION", "ClientConnection",
@@ -173,18 +173,12 @@ class ControlServer:
             raise ControlSocketError(
                 f"{self.path} exists and is not a socket; choose another path with --control"
             )
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            probe.connect(self.path)
+            served = remove_stale_unix_socket(self.path)  # a dead master's is removed
         except OSError as error:
-            if error.errno in (errno.ECONNREFUSED, errno.ENOENT):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.path)  # left by a master that died: nothing serves it
-                return
             raise ControlSocketError(f"cannot use control socket {self.path}: {error}") from None
-        finally:
-            probe.close()
-        raise ControlSocketError(f"{self.path}: another forkd master is serving this socket")
+        if served:
+            raise ControlSocketError(f"{self.path}: another forkd master is serving this socket")
 
     def fileno(self) -> int:
         if self.sock is None:

@@ -39,6 +39,30 @@ class PortError(Exception):
     """A port could not be opened: the message names the address and the reason."""
 
 
+def remove_stale_unix_socket(path: str) -> bool:
+    """Remove a UNIX socket file nothing serves (left by a crash); True if one is served.
+
+    A path that is not a socket is left alone (binding it then fails with a clear error);
+    other connect errors (permission denied) are raised."""
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            return False
+    except FileNotFoundError:
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError as error:
+        if error.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return False
+    finally:
+        probe.close()
+    return True
+
+
 class ListeningPort(Protocol):
     """What the master and workers need of a port (structural: no base class required)."""
 
@@ -184,22 +208,8 @@ class UNIXPort(_SocketPort):
         os.chmod(self.path, self.mode)
 
     def _remove_stale_socket(self) -> None:
-        try:
-            if not stat.S_ISSOCK(os.stat(self.path).st_mode):
-                return  # not ours to remove: bind will fail with a clear error
-        except FileNotFoundError:
-            return
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(self.path)
-        except OSError as error:
-            if error.errno in (errno.ECONNREFUSED, errno.ENOENT):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.path)
-        else:
+        if remove_stale_unix_socket(self.path):
             raise PortError(f"cannot listen on {self.path}: another process serves it")
-        finally:
-            probe.close()
 
     def stopListening(self) -> None:
         if self.socket is not None:
