@@ -41,8 +41,83 @@ def header() -> bytes:
     return b"%s %d forkd=%s\n" % (MAGIC, FORMAT, __version__.encode())
 
 
+class UnpicklableError(TapError, pickle.PicklingError, TypeError):
+    """Something reachable from the application cannot be pickled; the message names it.
+
+    Also a PicklingError and a TypeError (what pickle itself raises for a socket), so code
+    written against pickle's own errors still catches it."""
+
+
+MAX_DEPTH = 64  # how deep unpicklable_path looks: factories rarely nest deeper
+
+
+def _children(value: Any) -> list[tuple[str, Any]]:
+    """(path suffix, child) for what pickle would descend into below `value`."""
+    if isinstance(value, dict):
+        return [(f"[{key!r}]", item) for key, item in value.items()]
+    if isinstance(value, (list, tuple)):
+        return [(f"[{index}]", item) for index, item in enumerate(value)]
+    if isinstance(value, (set, frozenset)):
+        return [(f"<item {item!r}>", item) for item in value]
+    try:
+        state = value.__getstate__() if hasattr(value, "__getstate__") else None
+    except Exception:
+        return []
+    if isinstance(state, tuple) and len(state) == 2:  # (dict, slots)
+        merged: dict[str, Any] = {}
+        for part in state:
+            if isinstance(part, dict):
+                merged.update(part)
+        state = merged
+    if isinstance(state, dict):
+        return [(f".{key}" if isinstance(key, str) else f"[{key!r}]", item)
+                for key, item in state.items()]
+    return []
+
+
+def unpicklable_path(value: Any, path: str = "application") -> tuple[str, BaseException] | None:
+    """The deepest path below `value` that does not pickle, and why; None if it pickles.
+
+    pickle's own error says what (`cannot pickle 'socket' object`) but not where; a user with
+    a factory holding a lambda, an open file or a socket needs the attribute's name."""
+    try:
+        pickle.dumps(value, protocol=5)
+    except Exception as error:
+        reason: BaseException = error
+    else:
+        return None
+    current = value
+    seen: set[int] = set()
+    for _ in range(MAX_DEPTH):
+        if id(current) in seen:
+            break
+        seen.add(id(current))
+        for suffix, child in _children(current):
+            if id(child) in seen:  # a cycle back up: the culprit is elsewhere
+                continue
+            try:
+                pickle.dumps(child, protocol=5)
+            except Exception as error:
+                path, reason, current = path + suffix, error, child
+                break
+        else:
+            break
+    return path, reason
+
+
 def dumps(application: Any) -> bytes:
-    return header() + pickle.dumps(application, protocol=5)
+    """The tap bytes; UnpicklableError names the attribute that does not pickle."""
+    try:
+        return header() + pickle.dumps(application, protocol=5)
+    except RecursionError:
+        raise UnpicklableError("cannot pickle the application: it nests too deeply") from None
+    except Exception as error:
+        where = unpicklable_path(application)
+        path, reason = where if where is not None else ("application", error)
+        raise UnpicklableError(
+            f"cannot pickle {path}: {reason} (keep run-time state out of the tap: "
+            "create it in startFactory, or drop it in __getstate__)"
+        ) from None
 
 
 def save(application: Any, path: str) -> None:

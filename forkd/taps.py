@@ -76,19 +76,65 @@ def options_for(module: ModuleType) -> Any:
     return config
 
 
+class BadTap(Exception):
+    """A tap module's getPorts returned something forkd cannot serve; the message says what."""
+
+
+def checked_pairs(name: str, result: Any) -> list[tuple[Any, Any]]:
+    """`getPorts`' result as a list of (port, factory), or BadTap naming what is wrong.
+
+    A tap module is a user's own code: a wrong return value must be one clear line from
+    mktap, not a tap file that fails only at `forkd start` (or an unpacking traceback)."""
+    if isinstance(result, (str, bytes)) or not isinstance(result, (list, tuple)):
+        raise BadTap(
+            f"{name}.getPorts returned {type(result).__name__}, "
+            "not a list of (port, factory) pairs"
+        )
+    pairs = []
+    for index, item in enumerate(result):
+        if not isinstance(item, (list, tuple)) or len(item) != 2:
+            shown = f"{len(item)} items" if isinstance(item, (list, tuple)) else repr(item)
+            raise BadTap(
+                f"{name}.getPorts item {index} is not a (port, factory) pair: {shown}"
+            )
+        port, factory = item
+        if isinstance(port, bool) or not isinstance(port, (int, str)):
+            if not callable(getattr(port, "startListening", None)):
+                raise BadTap(
+                    f"{name}.getPorts item {index}: port {port!r} is not a port number, "
+                    "a UNIX socket path or a port object (startListening, fileno, key)"
+                )
+            factory = factory if factory is not None else getattr(port, "factory", None)
+        if not callable(getattr(factory, "buildProtocol", None)):
+            raise BadTap(
+                f"{name}.getPorts item {index}: {factory!r} is not a factory "
+                "(it has no buildProtocol; subclass forkd.protocol.Factory)"
+            )
+        pairs.append((port, factory))
+    return pairs
+
+
 def apply(module: ModuleType, application: Any, config: Any) -> list[Any]:
-    """Add the tap module's ports to `application`; returns the ports added."""
+    """Add the tap module's ports to `application`; returns the ports added.
+
+    All or nothing: the ports are checked before any is added, so a failure leaves
+    `application` as it was (mktap --append never writes half a tap module)."""
     before = list(application.ports)
     if hasattr(module, "getPorts"):
-        for port, factory in module.getPorts(application, config):
-            if isinstance(port, int):
-                application.listenTCP(port, factory)
-            elif isinstance(port, str):
-                application.listenUNIX(port, factory)
-            else:
-                if getattr(port, "factory", None) is None:
-                    port.factory = factory
-                application.addPort(port)
+        pairs = checked_pairs(module.__name__, module.getPorts(application, config))
+        try:
+            for port, factory in pairs:
+                if isinstance(port, int):
+                    application.listenTCP(port, factory)
+                elif isinstance(port, str):
+                    application.listenUNIX(port, factory)
+                else:
+                    if getattr(port, "factory", None) is None:
+                        port.factory = factory
+                    application.addPort(port)
+        except BaseException:
+            application.ports[:] = before
+            raise
     else:
         module.updateApplication(application, config)
     return [port for port in application.ports if not any(port is old for old in before)]

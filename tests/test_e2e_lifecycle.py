@@ -8,6 +8,7 @@ workers, no leaked descriptors or zombies), never about timing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import signal
@@ -47,6 +48,28 @@ def zombies(pid: int) -> list[int]:
 
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def steady_fds(pid: int, readings: int = 5) -> list[str]:
+    """The master's descriptors once the same set is seen `readings` polls in a row."""
+    seen: list[list[str]] = []
+
+    def steady() -> list[str] | None:
+        seen.append(fd_targets(pid))
+        recent = seen[-readings:]
+        return recent[0] if len(recent) == readings and all(r == recent[0] for r in recent) \
+            else None
+
+    return list(wait_for(steady, message="a steady set of master descriptors"))
+
+
+def fd_targets(pid: int) -> list[str]:
+    """What each descriptor of `pid` points at, for a failure message worth reading."""
+    targets = []
+    for fd in sorted(os.listdir(f"/proc/{pid}/fd"), key=int):
+        with contextlib.suppress(OSError):  # closed while we looked
+            targets.append(f"{fd}->{os.readlink(f'/proc/{pid}/fd/{fd}')}")
+    return targets
 
 
 def gone(pids: set[int]) -> bool:
@@ -104,7 +127,11 @@ def test_ten_hups_in_a_row_converge_on_one_generation(tmp_path: pathlib.Path) ->
         # one reload first, so the baseline has whatever a re-exec'd image keeps open
         request(ctl, "reload", timeout=30)
         second = forkd.wait_workers(2, exclude=first)
-        baseline = fd_count(forkd.pid)
+        # the old generation reaped and the reload's client gone: nothing transient counted
+        wait_for(lambda: gone(first) and len(children(forkd.pid)) == 2,
+                 message="the first generation reaped")
+        baseline_fds = steady_fds(forkd.pid)  # the reload's client socket closes lazily
+        baseline = len(baseline_fds)
         for _ in range(10):
             forkd.signal(signal.SIGHUP)
         # then keep HUPping, so some land while the master is between images (execve
@@ -133,8 +160,11 @@ def test_ten_hups_in_a_row_converge_on_one_generation(tmp_path: pathlib.Path) ->
         status = wait_for(settled, timeout=40, message="one generation of 2 workers")
         assert {w["pid"] for w in status["workers"]} == forkd.worker_pids()
         assert probetap.ask(port, "pid") in {str(w["pid"]) for w in status["workers"]}
-        wait_for(lambda: fd_count(forkd.pid) == baseline,
-                 message=f"master fd count back to {baseline}")
+        try:
+            wait_for(lambda: fd_count(forkd.pid) == baseline, message="fd count")
+        except AssertionError:
+            raise AssertionError(f"master fds: was {baseline_fds}, now "
+                                 f"{fd_targets(forkd.pid)}\n{forkd.log()[-3000:]}") from None
         assert len(os.listdir(f"/proc/{forkd.pid}/task")) == 1
         assert len(children(forkd.pid)) == 2
 

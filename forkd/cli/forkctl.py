@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import stat
 import sys
 
 from forkd.cli import quiet_on_closed_pipe
@@ -27,6 +28,17 @@ class NoSocket(Exception):
     """No control socket could be chosen; the message says what to do."""
 
 
+def positive_seconds(text: str) -> float:
+    """--timeout: a positive finite number (the socket refuses 0, negatives and nan)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="forkctl",
@@ -34,7 +46,7 @@ def parser() -> argparse.ArgumentParser:
         epilog="Without -c: $FORKD_CONTROL, else the only *.ctl file in this directory.",
     )
     p.add_argument("-c", "--control", metavar="CTL", help="the master's control socket")
-    p.add_argument("--timeout", type=float, metavar="SECONDS",
+    p.add_argument("--timeout", type=positive_seconds, metavar="SECONDS",
                    help="give up waiting for the answer after SECONDS")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module in COMMANDS.items():
@@ -49,17 +61,43 @@ def parser() -> argparse.ArgumentParser:
 def find_socket(given: str | None, directory: str = ".") -> str:
     """-c, else $FORKD_CONTROL, else the one *.ctl in `directory`."""
     if given:
-        return given
+        return checked_socket(given)
     environment = os.environ.get("FORKD_CONTROL")
     if environment:
-        return environment
+        return checked_socket(environment, "$FORKD_CONTROL: ")
     found = sorted(glob.glob(os.path.join(directory, "*.ctl")))
+    sockets = [path for path in found if is_socket(path)]
+    if len(sockets) == 1 and len(found) > 1:
+        return sockets[0]  # the others are not sockets (a copy, a stray file): no choice
     if len(found) == 1:
         return found[0]
     if not found:
         raise NoSocket("no *.ctl control socket here; give one with -c or $FORKD_CONTROL")
     names = ", ".join(os.path.basename(path) for path in found)
     raise NoSocket(f"several control sockets here ({names}); choose one with -c")
+
+
+def is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def checked_socket(path: str, origin: str = "") -> str:
+    """`path` if it can be a control socket; a file or directory there is named as such,
+    rather than reported as "nothing is listening"."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return path  # missing: the client says "no control socket at ..."
+    if stat.S_ISDIR(mode):
+        raise NoSocket(f"{origin}{path} is a directory, not a control socket")
+    if not stat.S_ISSOCK(mode):
+        raise NoSocket(
+            f"{origin}{path} is not a control socket (forkd's is FILE.ctl beside the tap)"
+        )
+    return path
 
 
 @quiet_on_closed_pipe

@@ -176,10 +176,31 @@ def master_pid(args: argparse.Namespace) -> int:
     from forkd.pidfile import running_pid
 
     tap = os.path.abspath(args.tap)
-    pid = running_pid(os.path.abspath(args.pidfile or beside(tap, ".pid")))
+    pid_path = os.path.abspath(args.pidfile or beside(tap, ".pid"))
+    pid = running_pid(pid_path)
     if pid is None:
         raise Failure(f"{os.path.basename(tap)} is not running")
+    refuse_foreign(pid, pid_path)
     return pid
+
+
+def refuse_foreign(pid: int, pid_path: str) -> None:
+    """Signal only a forkd: a `--pidfile` naming another program's (locked) pidfile, or a
+    file rewritten by hand, must not make `forkd stop` kill an unrelated process."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        command = " ".join(process.cmdline()) or process.name()
+    except psutil.NoSuchProcess:
+        raise Failure(f"pid {pid} in {pid_path} is gone") from None
+    except psutil.Error:  # not ours to read (another user's): the lock is all we know
+        return
+    if "forkd" not in command:
+        raise Failure(
+            f"{pid_path} names pid {pid}, which is not forkd ({command[:60]}); "
+            "not signalling it"
+        )
 
 
 def stop(args: argparse.Namespace) -> int:

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 
 from forkd import privileges, taps
 from forkd.app import Application
 from forkd.cli import quiet_on_closed_pipe
-from forkd.tapfile import TapError
+from forkd.tapfile import MAGIC, TapError
 from forkd.tapfile import load as load_tap
 from forkd.usage import UsageError
 
@@ -63,6 +64,30 @@ def list_taps() -> None:
         print(f"{name:<{width}}  {summary}".rstrip())
 
 
+def refuse_read_only(path: str) -> None:
+    """A tap its owner made read-only is not rewritten: the atomic rename would replace it
+    anyway (only the directory's mode counts for a rename), silently undoing that choice."""
+    mode = os.stat(path).st_mode
+    if not mode & stat.S_IWUSR:
+        raise Failure(
+            f"{os.path.abspath(path)}: the tap file is read-only (mode {stat.S_IMODE(mode):o}); "
+            f"run chmod u+w {path} to change it"
+        )
+
+
+def refuse_overwriting_other_file(path: str) -> None:
+    """`mktap -o notes.txt echo` must not replace a file that is not a tap: that loses data."""
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(len(MAGIC))
+    except (FileNotFoundError, IsADirectoryError):  # the save says "is a directory"
+        return
+    except OSError as error:
+        raise Failure(f"cannot write {path}: {error.strerror or error}") from None
+    if start and start != MAGIC:  # an empty file holds nothing to lose
+        raise Failure(f"{os.path.abspath(path)} exists and is not a tap file; not overwriting it")
+
+
 def make(args: argparse.Namespace) -> str:
     """Build or extend the application; return the path written."""
     try:
@@ -71,8 +96,18 @@ def make(args: argparse.Namespace) -> str:
         raise Failure(str(error)) from None
     except ImportError as error:
         raise Failure(f"tap module {args.name!r} does not import: {error}") from None
+    except Exception as error:  # raised by the module's own top-level code
+        raise Failure(
+            f"tap module {args.name!r} does not import: {type(error).__name__}: {error}"
+        ) from None
 
-    config = taps.options_for(module)
+    try:
+        config = taps.options_for(module)
+    except Exception as error:
+        raise Failure(
+            f"tap module {args.name!r}: its Options cannot be created: "
+            f"{type(error).__name__}: {error}"
+        ) from None
     if not getattr(config, "synopsis", None):
         config.synopsis = f"Usage: mktap [mktap options] {args.name} [{args.name} options]"
     try:
@@ -88,9 +123,11 @@ def make(args: argparse.Namespace) -> str:
         except TapError as error:
             raise Failure(str(error)) from None
         path = args.append
+        refuse_read_only(path)
     else:
         application = Application(args.name)
         path = args.output or f"{args.name}.tap"
+        refuse_overwriting_other_file(path)
     uid, gid = resolve_ids(args.uid, args.gid)
     if uid is not None:
         application.uid = uid
@@ -103,11 +140,13 @@ def make(args: argparse.Namespace) -> str:
         print(config, file=sys.stderr)
         print(f"Usage Error: {error}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
-    except ValueError as error:  # e.g. the port is already in the tap
+    except (taps.BadTap, ValueError) as error:  # e.g. the port is already in the tap
         raise Failure(str(error)) from None
     application.tapfile = os.path.abspath(path)
     try:
         written: str = application.save()
+    except TapError as error:  # an attribute that does not pickle: named in the message
+        raise Failure(str(error)) from None
     except OSError as error:
         raise Failure(f"cannot write {path}: {error.strerror or error}") from None
     return written

@@ -22,7 +22,7 @@ import io
 import time
 from typing import Any
 
-from forkd import taps
+from forkd import tapfile, taps
 from forkd.app import Application
 from forkd.commands import _args, _tapedit
 from forkd.control import CommandError, Reply
@@ -54,20 +54,34 @@ def build_ports(module_name: str, options: list[str]) -> tuple[list[Any], str | 
         raise CommandError(str(error)) from None
     except ImportError as error:
         raise CommandError(f"tap module {module_name!r} does not import: {error}") from None
-    config = taps.options_for(module)
+    except Exception as error:  # the module's own top-level code raised
+        raise CommandError(
+            f"tap module {module_name!r} does not import: {type(error).__name__}: {error}"
+        ) from None
     printed = io.StringIO()
     try:
+        config = taps.options_for(module)
         with contextlib.redirect_stdout(printed):
             config.parseOptions(options)
     except SystemExit:  # --help: the text goes back to forkctl, the master stays up
         return [], printed.getvalue()
     except UsageError as error:
         raise CommandError(f"{module_name}: Usage Error: {error}") from None
+    except Exception as error:  # a tap module's bug must not reach the master's loop
+        raise CommandError(f"{module_name}: {type(error).__name__}: {error}") from None
     scratch = Application(module_name)
     try:
         ports = taps.apply(module, scratch, config)
-    except (UsageError, ValueError) as error:
+    except (UsageError, ValueError, taps.BadTap) as error:
         raise CommandError(f"{module_name}: {error}") from None
+    except Exception as error:
+        raise CommandError(f"{module_name}: {type(error).__name__}: {error}") from None
+    # Checked before anything binds: a port that cannot be pickled can neither reach the
+    # workers nor be saved in the tap, and the message must say which attribute it is.
+    unpicklable = tapfile.unpicklable_path(ports, "ports")
+    if unpicklable is not None:
+        where, reason = unpicklable
+        raise CommandError(f"{module_name}: cannot pickle {where}: {reason}")
     if not ports:
         raise CommandError(f"tap module {module_name!r} made no ports with these options")
     return ports, None

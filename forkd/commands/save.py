@@ -13,10 +13,12 @@ Protocol: `{"command": "save", "args": {"tag": "known-good"}}` ->
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from forkd.commands import _args
 from forkd.control import CommandError, Reply
+from forkd.tapfile import TapError
 
 name = "save"
 timeout = 30.0
@@ -34,10 +36,13 @@ def execute(master: Any, args: dict[str, Any], reply: Reply) -> None:
     tag = _args.text(args, "tag")
     try:
         path = master.save(tag or None)
+    except TapError as error:  # a shell edit left something unpicklable: named in the message
+        raise CommandError(str(error)) from None
     except ValueError as error:
         raise CommandError(str(error)) from None
-    except OSError as error:
-        raise CommandError(f"cannot save: {error.strerror or error}") from None
+    except OSError as error:  # name the tap, not mkstemp's temporary file
+        where = os.path.dirname(master.application.tapPath(tag or None))
+        raise CommandError(f"cannot save in {where}: {error.strerror or error}") from None
     reply(None, {"path": path})
 
 
