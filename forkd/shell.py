@@ -37,7 +37,8 @@ import time
 import traceback
 from typing import Any
 
-from forkd.ports import port_key
+from forkd.control_wire import one_line
+from forkd.ports import PortError, port_key
 
 MAX_OUTPUT = 256 * 1024  # what one statement may print; more is cut (the frame limit is 1 MiB)
 
@@ -103,6 +104,28 @@ def changed(before: Fingerprint, after: Fingerprint) -> bool:
     return any(before[1][key] != after[1][key] for key in common)
 
 
+class RecordingRuntime:
+    """Stands in for the master as `application.runtime` while a statement runs, noting
+    which ports went through listenTCP/addPort/removePort (already live) so the shell can
+    tell them from ports put into or taken out of `application.ports` directly."""
+
+    def __init__(self, runtime: Any) -> None:
+        self.runtime = runtime
+        self.added: set[str] = set()
+        self.removed: set[str] = set()
+
+    def portAdded(self, port: Any) -> None:
+        self.runtime.portAdded(port)
+        self.added.add(port_key(port))
+
+    def portRemoved(self, port: Any) -> None:
+        self.runtime.portRemoved(port)
+        self.removed.add(port_key(port))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.runtime, name)
+
+
 class Shell:
     """One shell session: a namespace and a compiler that remembers `from __future__`."""
 
@@ -132,6 +155,11 @@ class Shell:
             with contextlib.suppress(Exception):
                 main.application = application  # type: ignore[attr-defined]
         before = fingerprint(application)
+        ports_before = {port_key(port): port for port in application.ports}
+        runtime = getattr(application, "runtime", None)
+        recording = RecordingRuntime(runtime) if runtime is not None else None
+        if recording is not None:
+            application.runtime = recording
         output = io.StringIO()
         with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
             try:
@@ -141,6 +169,11 @@ class Shell:
                 output.write("the shell cannot exit the master; press Ctrl-D to leave\n")
             except BaseException:  # KeyboardInterrupt too: nothing may escape into the loop
                 output.write(self._format_exception())
+            finally:
+                if recording is not None and application.runtime is recording:
+                    application.runtime = runtime
+            if recording is not None and self.master.application is application:
+                self._reconcile_ports(application, ports_before, recording, output)
         text = output.getvalue()
         if len(text) > MAX_OUTPUT:
             text = text[:MAX_OUTPUT] + f"\n[output cut at {MAX_OUTPUT} characters]\n"
@@ -152,6 +185,29 @@ class Shell:
             # a reload must not silently drop it.
             self.master.unsaved = True
         return text, False
+
+    def _reconcile_ports(
+        self, application: Any, before: dict[str, Any], recording: RecordingRuntime,
+        output: io.StringIO,
+    ) -> None:
+        """Make `application.ports` edited as a list (`ports.clear()`, `ports.append(p)`)
+        take effect as removePort/addPort would have: served ports are never left running
+        unlisted, and listed ports are never left unserved."""
+        after = {port_key(port): port for port in application.ports}
+        for key in before.keys() - after.keys() - recording.removed:
+            try:
+                recording.runtime.portRemoved(before[key])
+                output.write(f"# {key} left application.ports: it is no longer served\n")
+            except Exception as error:
+                output.write(f"# could not stop serving {key}: {one_line(str(error))}\n")
+        for key in after.keys() - before.keys() - recording.added:
+            try:
+                recording.runtime.portAdded(after[key])
+                output.write(f"# {key} joined application.ports: it is served now\n")
+            except Exception as error:
+                application.ports = [p for p in application.ports if p is not after[key]]
+                output.write(f"# {key} is not served and was taken out of application.ports:"
+                             f" {one_line(str(error))}\n")
 
     def _apply_change(self) -> str:
         try:
@@ -166,7 +222,8 @@ class Shell:
     @staticmethod
     def _format_exception(syntax: bool = False) -> str:
         kind, value, tb = sys.exc_info()
-        if syntax or tb is None:
+        if syntax or tb is None or isinstance(value, PortError):
+            # a port in use is the user's situation, not a bug: one line, not forkd's frames
             return "".join(traceback.format_exception_only(kind, value))
         # Drop the shell's own frame: the traceback starts at the user's statement.
         return "".join(traceback.format_exception(kind, value, tb.tb_next))

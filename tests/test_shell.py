@@ -242,3 +242,40 @@ def test_seed_session_over_forkctl_shell(master: FakeMaster, tmp_path: Any) -> N
     assert prompts.count("... ") == 2 and prompts[0] == ">>> "
     assert master.changes == 1 and "add_port" in master.names()
     assert master.loop_errors == []
+
+
+def test_ports_edited_as_a_list_are_stopped_or_served_like_remove_and_add(
+    master: FakeMaster,
+) -> None:
+    shell = Shell(master)
+    output = run(shell, "gone = application.ports.pop(0)")
+    assert "left application.ports: it is no longer served" in output
+    assert master.names().count("remove_port") == 1  # as removePort would have
+    output = run(
+        shell,
+        "from forkd.ports import TCPPort",
+        "from workers.echo import EchoFactory",
+        "application.ports.append(TCPPort(0, EchoFactory(), interface='127.0.0.1'))",
+    )
+    assert "joined application.ports: it is served now" in output
+    assert master.names().count("add_port") == 1
+    # the recorded path (listenTCP/removePort) is not done twice
+    run(shell, "application.removePort(application.ports[-1])")
+    assert master.names().count("remove_port") == 2
+
+
+def test_a_port_in_use_is_one_line_in_the_shell(master: FakeMaster) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        output = run(
+            Shell(master),
+            "from workers.echo import EchoFactory",
+            f"application.listenTCP({port}, EchoFactory(), interface='127.0.0.1')",
+        )
+    assert f"PortError: cannot listen on tcp:127.0.0.1:{port}: Address already in use" in output
+    assert "Traceback" not in output
+    assert len(master.application.ports) == 2  # nothing changed
