@@ -89,7 +89,19 @@ class ChangesMixin(WorkerProcessesMixin):
         self._next_done: Done | None = None
 
     # -- the Application runtime hooks ----------------------------------------------------
+    def _refuse_port_change_midway(self, port: Any) -> None:
+        """Ports change between generations, not during a rollout: workers forked before
+        the change and after it would disagree on what they serve, and a rollback would
+        close a port the old workers were told to serve."""
+        if self.rollout is not None or self.reloading is not None:
+            self._next_done = None
+            raise PortError(
+                f"cannot change {port_key(port)} while a restart or reload is in progress; "
+                "try again when it has finished"
+            )
+
     def portAdded(self, port: Any) -> None:
+        self._refuse_port_change_midway(port)
         done, self._next_done = self._next_done, None
         if getattr(port, "socket", None) is None:
             port.startListening()
@@ -111,6 +123,7 @@ class ChangesMixin(WorkerProcessesMixin):
         self._track(change)
 
     def portRemoved(self, port: Any) -> None:
+        self._refuse_port_change_midway(port)
         done, self._next_done = self._next_done, None
         key = port_key(port)
         change = PortChange(key, "remove", port, set(), done)

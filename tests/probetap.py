@@ -8,6 +8,8 @@ answered, can block its worker, and can refuse to start.
 
 `crash_flag=PATH`: while PATH exists, a worker exits (code 1) shortly after it starts
 serving, so a crash loop after boot can be turned on and off under a running master.
+`hold_flag=PATH`: while PATH exists (60 s at most), a booting worker waits in startFactory,
+so a test can hold a rollout half-way.
 """
 
 from __future__ import annotations
@@ -60,14 +62,21 @@ class ProbeFactory(Factory):
     hang = False  # class defaults: taps pickled before the attribute existed still load
     crash_flag: str | None = None
 
+    hold_flag: str | None = None
+
     def __init__(
-        self, fail: str | None = None, hang: bool = False, crash_flag: str | None = None
+        self, fail: str | None = None, hang: bool = False, crash_flag: str | None = None,
+        hold_flag: str | None = None,
     ) -> None:
         self.fail = fail
         self.hang = hang
         self.crash_flag = crash_flag
+        self.hold_flag = hold_flag
 
     def startFactory(self) -> None:
+        deadline = time.monotonic() + 60
+        while self.hold_flag and os.path.exists(self.hold_flag) and time.monotonic() < deadline:
+            time.sleep(0.05)  # held by the test: the file is the condition
         if self.hang:
             time.sleep(600)  # a worker that never finishes booting
         if self.fail:
@@ -80,11 +89,11 @@ class ProbeFactory(Factory):
 
 def make_tap(
     path: str, port: int, fail: str | None = None, name: str = "probe", hang: bool = False,
-    crash_flag: str | None = None,
+    crash_flag: str | None = None, hold_flag: str | None = None,
 ) -> str:
     """Write a tap serving the probe on 127.0.0.1:`port`."""
     application = Application(name)
-    factory = ProbeFactory(fail, hang, crash_flag)
+    factory = ProbeFactory(fail, hang, crash_flag, hold_flag)
     application.addPort(TCPPort(port, factory, interface="127.0.0.1"))
     application.tapfile = os.path.abspath(path)
     return str(application.save())

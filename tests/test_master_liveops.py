@@ -101,3 +101,39 @@ def refused(port: int) -> bool:
     except ConnectionRefusedError:
         return True
     return False
+
+
+def test_ports_do_not_change_in_the_middle_of_a_rollout(tmp_path: pathlib.Path) -> None:
+    """Workers forked before and after a port change would disagree on what they serve;
+    forkd refuses the change until the restart has finished, then takes it."""
+    import threading
+
+    port, extra = free_port(), free_port()
+    hold = tmp_path / "hold"
+    tap = probetap.make_tap(str(tmp_path / "probe.tap"), port, hold_flag=str(hold))
+    ctl = str(tmp_path / "probe.ctl")
+    with RunningForkd(tap, workers=1, extra_paths=[TESTS]) as forkd:
+        first = forkd.wait_workers(1)
+        hold.touch()  # the next generation will wait in startFactory
+        restart: dict[str, subprocess.CompletedProcess[str]] = {}
+        thread = threading.Thread(target=lambda: restart.update(done=forkctl(ctl, "restart")))
+        thread.start()
+        try:
+            forkd.wait_workers(2)  # the new worker is booting, the old one serving
+            refused = forkctl(ctl, "append", "echo", "--port", str(extra),
+                              "--interface", "127.0.0.1")
+            assert refused.returncode == 1
+            assert "while a restart or reload is in progress" in refused.stderr
+            assert refused.stderr.count("\n") == 1
+            refused = forkctl(ctl, "remove", f"tcp:127.0.0.1:{port}")
+            assert refused.returncode == 1 and "in progress" in refused.stderr
+        finally:
+            hold.unlink()
+            thread.join(60)
+        assert restart["done"].returncode == 0, restart["done"].stderr
+        forkd.wait_workers(1, exclude=first)
+        added = forkctl(ctl, "append", "echo", "--port", str(extra), "--interface", "127.0.0.1")
+        assert added.returncode == 0, added.stderr
+        with socket.create_connection(("127.0.0.1", extra), timeout=5) as sock:
+            sock.sendall(b"after")
+            assert sock.recv(5) == b"after"

@@ -17,7 +17,7 @@ from typing import Any
 
 from forkd.commands import _args, _tapedit
 from forkd.control import CommandError, Reply
-from forkd.ports import port_key
+from forkd.ports import PortError, port_key
 from forkd.tapfile import TapError
 
 name = "remove"
@@ -58,7 +58,10 @@ def execute(master: Any, args: dict[str, Any], reply: Reply) -> None:
                 return
         reply(None, {"removed": key, "saved": saved})
 
-    master.remove_port(port, done)
+    try:
+        master.remove_port(port, done)
+    except PortError as error:  # e.g. a restart or reload is in progress
+        raise CommandError(str(error)) from None
 
 
 def render(result: dict[str, Any], namespace: argparse.Namespace) -> str:
