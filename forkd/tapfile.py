@@ -161,6 +161,33 @@ def check_trusted(path: str, st: os.stat_result) -> None:
         )
 
 
+# What no Application needs and every pickle exploit reaches for. Not a sandbox (the owner
+# check above is the defence): a second line that turns the classic payloads, and a
+# corrupted file that happens to name them, into a clear refusal instead of code run.
+_FORBIDDEN_MODULES = frozenset({
+    "os", "posix", "nt", "subprocess", "pty", "shutil", "sys", "importlib", "runpy", "code",
+    "codeop", "ctypes", "multiprocessing", "pickle", "_pickle", "marshal", "webbrowser",
+})
+_FORBIDDEN_BUILTINS = frozenset({
+    "eval", "exec", "compile", "open", "__import__", "getattr", "setattr", "delattr",
+    "globals", "locals", "vars", "input", "breakpoint", "exit", "quit", "help",
+})
+
+
+class RefusedGlobal(pickle.UnpicklingError):
+    """The pickle names a function no tap needs (os.system, builtins.eval, ...)."""
+
+
+class _TapUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        root = module.split(".", 1)[0]
+        if root in _FORBIDDEN_MODULES or (
+            module in ("builtins", "__builtin__") and name in _FORBIDDEN_BUILTINS
+        ):
+            raise RefusedGlobal(f"it refers to {module}.{name}, which no application needs")
+        return super().find_class(module, name)
+
+
 def loads(data: bytes, path: str = "<tap>") -> Any:
     """Unpickle an Application from tap bytes, with one-line errors for every failure."""
     newline = data.find(b"\n", 0, MAX_HEADER)
@@ -178,7 +205,9 @@ def loads(data: bytes, path: str = "<tap>") -> Any:
             f"({FORMAT}); it was written by {written_by}"
         )
     try:
-        application = pickle.Unpickler(io.BytesIO(data[newline + 1 :])).load()
+        application = _TapUnpickler(io.BytesIO(data[newline + 1 :])).load()
+    except RefusedGlobal as error:
+        raise TapError(f"{path}: refusing to load: {error} (a hostile or damaged tap?)") from None
     except (ModuleNotFoundError, ImportError) as error:
         raise TapError(f"{path}: a module it needs does not import: {error}") from error
     except AttributeError as error:

@@ -203,3 +203,24 @@ def test_unix_port_replaces_a_stale_socket_but_not_a_live_one(tmp_path) -> None:
     finally:
         port.stopListening()
     assert not os.path.exists(path)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"cos\nsystem\n(S'touch {marker}'\ntR.",  # the classic
+        b"cposix\nsystem\n(S'touch {marker}'\ntR.",
+        b"c__builtin__\neval\n(S'open(\"{marker}\", \"w\")'\ntR.",
+        b"cbuiltins\nexec\n(S'open(\"{marker}\", \"w\")'\ntR.",
+        b"csubprocess\ncall\n((S'touch'\nS'{marker}'\nltR.",
+    ],
+)
+def test_a_hostile_pickle_is_refused_before_it_runs(tmp_path, payload: bytes) -> None:
+    marker = tmp_path / "pwned"
+    data = tapfile.header() + payload.replace(b"{marker}", str(marker).encode())
+    path = tmp_path / "hostile.tap"
+    path.write_bytes(data)
+    with pytest.raises(TapError, match="refusing to load: it refers to") as info:
+        tapfile.load(str(path))
+    assert "\n" not in str(info.value)
+    assert not marker.exists()
