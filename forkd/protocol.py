@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -46,6 +47,13 @@ class ConnectionStats:
 
 
 stats = ConnectionStats()
+
+log = logging.getLogger("forkd.protocol")
+
+
+def _ignore(*args: Any) -> None:
+    """What a transport's write/close methods become once the connection is lost: Twisted
+    ignores them, while uvloop would raise RuntimeError from a late callback's write."""
 
 
 def address_tuple(address: Any, family: int | None = None) -> tuple[Any, ...]:
@@ -123,10 +131,27 @@ class Transport:
         return int(self._transport.get_write_buffer_size())  # type: ignore[attr-defined]
 
     def stopProducing(self) -> None:
-        self._transport.abort()  # type: ignore[attr-defined]
+        self.abortConnection()
+
+    def _lost(self) -> None:
+        """The connection is gone: later writes and closes do nothing (as in Twisted), and a
+        registered producer is stopped so it does not wait for a resume that never comes."""
+        self.write = self.writeSequence = self.loseConnection = _ignore
+        self.abortConnection = self.pauseProducing = self.resumeProducing = _ignore
+        producer = self.producer
+        if producer is not None:
+            self.producer = None
+            try:
+                producer.stopProducing()
+            except Exception:
+                log.exception("Error in %r.stopProducing", producer)
 
     def registerProducer(self, producer: Any, streaming: bool = True) -> None:
-        """Have `producer` paused while the write buffer is above the high-water mark."""
+        """Have `producer` paused while the write buffer is above the high-water mark; one
+        registered after the connection is lost is stopped at once, as in Twisted."""
+        if self.write is _ignore:
+            producer.stopProducing()
+            return
         self.producer = producer
 
     def unregisterProducer(self) -> None:
@@ -153,6 +178,13 @@ def _takes_reason(method: Callable[..., Any]) -> bool:
     return bool(positional) or any(p.kind is p.VAR_POSITIONAL for p in parameters)
 
 
+def _half_closed(self: Any) -> bool:
+    """eof_received of a protocol with readConnectionLost (Twisted's IHalfCloseableProtocol):
+    the peer's EOF closes only our reading side; True tells the loop to keep writing."""
+    self.readConnectionLost()
+    return True
+
+
 class Protocol(asyncio.Protocol):
     """A connection handler with the seed's interface.
 
@@ -167,6 +199,7 @@ class Protocol(asyncio.Protocol):
     transport: Any = None
     server: Any = None
     _lost_takes_reason = True
+    _error: Exception | None = None  # what connectionMade raised, for connectionLost's reason
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -174,6 +207,8 @@ class Protocol(asyncio.Protocol):
             cls.data_received = cls.__dict__["dataReceived"]
         if "connectionLost" in cls.__dict__:
             cls._lost_takes_reason = _takes_reason(cls.__dict__["connectionLost"])
+        if "readConnectionLost" in cls.__dict__ and "eof_received" not in cls.__dict__:
+            cls.eof_received = _half_closed  # type: ignore[method-assign]
 
     # -- the seed's interface ----------------------------------------------------------
     def makeConnection(self, transport: Any, server: Any = None) -> None:
@@ -201,13 +236,25 @@ class Protocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         stats.accepted += 1
         stats.open.add(self)
-        self.makeConnection(Transport(transport), self.server)
-        if stats.draining:
-            self.connectionDraining()
+        try:
+            self.makeConnection(Transport(transport), self.server)
+            if stats.draining:
+                self.connectionDraining()
+        except Exception as error:
+            # Left to the loop, the error would be logged with the connection left open
+            # (asyncio) or closed without connection_lost, leaking stats.open (uvloop).
+            log.exception("Error in connectionMade of %r", self)
+            self._error = error
+            transport.abort()  # type: ignore[attr-defined]
 
     def connection_lost(self, exc: Exception | None) -> None:
         stats.open.discard(self)
         self.connected = 0
+        transport = self.transport
+        if isinstance(transport, Transport):
+            transport._lost()
+        if exc is None:
+            exc = self._error
         if exc is None:
             reason: BaseException = ConnectionDone("Connection was closed cleanly.")
         else:
@@ -274,7 +321,12 @@ class _Deferred(asyncio.Protocol):
         addr = address_tuple(
             transport.get_extra_info("peername"), sock.family if sock is not None else None
         )
-        built = self.factory.buildProtocol(addr)
+        try:
+            built = self.factory.buildProtocol(addr)
+        except Exception:
+            # Left to the loop, the error would be logged and the connection left open.
+            log.exception("Error in %r.buildProtocol(%r)", self.factory, addr)
+            built = None
         if built is None:
             transport.abort()  # type: ignore[attr-defined]
             return
