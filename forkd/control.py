@@ -323,11 +323,33 @@ class ControlServer:
                 if why is not None:
                     log.info("control: closing client uid %s: %s", client.uid, why)
                     client.close()
+            self._recreate_if_deleted()
         except Exception:
             log.exception("control: sweep failed")
         finally:
             if self.sock is not None:
                 self._schedule_sweep()
+
+    def _recreate_if_deleted(self) -> None:
+        """A control socket file deleted under the master (a tmp cleaner, a careless `rm`)
+        leaves it serving a socket nobody can reach, and forkctl saying forkd is not
+        running: bind a new one at the same path. Only when nothing is there now, so a file
+        someone else put at the path is never replaced. Connected clients keep theirs."""
+        if self.sock is None or os.path.lexists(self.path):
+            return
+        try:
+            sock = self._create()
+        except ControlSocketError as error:
+            log.warning("control: socket file %s was deleted; %s", self.path, error)
+            return
+        sock.setblocking(False)
+        sock.set_inheritable(False)
+        with contextlib.suppress(Exception):
+            self.master.remove_reader(self.sock)
+        self.sock.close()
+        self.sock = sock
+        self.master.add_reader(sock, self._on_accept)
+        log.warning("control: socket file %s was deleted; created it again", self.path)
 
     # -- requests -------------------------------------------------------------------------
     def dispatch(self, client: ClientConnection, body: bytes) -> None:

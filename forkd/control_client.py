@@ -28,6 +28,11 @@ class ControlError(Exception):
     """A control request failed; str() is one line saying why."""
 
 
+class ConnectionClosed(ControlError):
+    """forkd closed the connection before answering: the request was not run (a master
+    re-executing for a reload drops idle clients; a running request would be answered)."""
+
+
 class Connection:
     """One connection to a master's control socket; requests are answered in order."""
 
@@ -106,7 +111,7 @@ class Connection:
         while len(chunks) < size:
             data = self.sock.recv(min(size - len(chunks), 1 << 16))
             if not data:
-                raise ControlError("forkd closed the control connection before answering")
+                raise ConnectionClosed("forkd closed the control connection before answering")
             chunks += data
         return bytes(chunks)
 
@@ -122,4 +127,4 @@ def request(
         return connection.call(command, args)
 
 
-__all__ = ["Connection", "ControlError", "request"]
+__all__ = ["Connection", "ConnectionClosed", "ControlError", "request"]

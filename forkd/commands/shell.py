@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 from forkd.commands import _args
 from forkd.control import Reply
-from forkd.control_client import Connection
+from forkd.control_client import Connection, ConnectionClosed
 
 name = "shell"
 timeout = 3600.0
@@ -85,25 +85,37 @@ def interact(
     """The client loop: read lines, send the pending statement, print what it printed."""
     out = out or sys.stdout
     save_history = _enable_line_editing() if read is input else (lambda: None)
-    with Connection(path, timeout=timeout) as connection:
-        out.write(f"forkd shell on {path}; `application` is the running application\n")
-        buffer: list[str] = []
-        try:
-            while True:
-                try:
-                    line = read(MORE_PROMPT if buffer else PROMPT)
-                except KeyboardInterrupt:
-                    out.write("\nKeyboardInterrupt\n")
-                    buffer = []
-                    continue
-                except EOFError:
-                    out.write("\n")
-                    return 0
-                buffer.append(line)
+    connection = Connection(path, timeout=timeout)
+    out.write(f"forkd shell on {path}; `application` is the running application\n")
+    buffer: list[str] = []
+    try:
+        while True:
+            try:
+                line = read(MORE_PROMPT if buffer else PROMPT)
+            except KeyboardInterrupt:
+                out.write("\nKeyboardInterrupt\n")
+                buffer = []
+                continue
+            except EOFError:
+                out.write("\n")
+                return 0
+            buffer.append(line)
+            try:
                 result = connection.call("shell", {"source": "\n".join(buffer)})
-                if not result.get("more"):
-                    buffer = []
-                out.write(str(result.get("output", "")))
-                out.flush()
-        finally:
-            save_history()
+            except ConnectionClosed:
+                # A reload re-executed the master: its idle clients were dropped before
+                # this statement was read. Start a new session rather than end the shell.
+                connection.close()
+                connection = Connection(path, timeout=timeout)
+                buffer = []
+                out.write("# forkd closed the connection (a reload re-executes the master)"
+                          " before running that statement: new shell session, earlier "
+                          "names are gone; enter it again\n")
+                continue
+            if not result.get("more"):
+                buffer = []
+            out.write(str(result.get("output", "")))
+            out.flush()
+    finally:
+        connection.close()
+        save_history()
