@@ -21,12 +21,14 @@ import base64
 import contextlib
 import pickle
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from forkd import logs
 from forkd.channel import ChannelClosed
+from forkd.daemon import sd_notify
 from forkd.ports import PortError, port_key
 from forkd.supervision import MasterState, WorkerProcess, WorkerState
 from forkd.worker import served_by_worker
@@ -210,6 +212,11 @@ class ChangesMixin(WorkerProcessesMixin):
         except OSError as error:
             call(done, f"cannot start the tap validator: {error}")
             return
+        # systemd's reload protocol (sd_notify(3)): RELOADING=1 now, READY=1 once the new
+        # generation serves or the reload failed, so `systemctl reload` waits for the end
+        # (MONOTONIC_USEC is what Type=notify-reload requires with it)
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        sd_notify(f"RELOADING=1\nMONOTONIC_USEC={usec}")
         self.reloading = done if done is not None else (lambda error, result=None: None)
         timer = self.loop.call_later(VALIDATE_TIMEOUT, lambda: self.kill(pid, signal.SIGKILL))
 
@@ -222,10 +229,13 @@ class ChangesMixin(WorkerProcessesMixin):
             if error is not None:
                 finished, self.reloading = self.reloading, None
                 log.error("reload refused: %s", error)
+                if self.state is not MasterState.STOPPING:
+                    sd_notify("READY=1")
                 call(finished, error)
                 return
             error = reexec.reexec(self)  # returns only if the exec failed
             finished, self.reloading = self.reloading, None
+            sd_notify("READY=1")
             call(finished, f"cannot re-execute the master: {error}")
 
         self.helpers[pid] = validated
@@ -314,6 +324,8 @@ class ChangesMixin(WorkerProcessesMixin):
                 self.stop_worker(worker, graceful=True)
         self.close_retired_ports()
         log.info("%s done: generation %d serves", rollout.kind, self.generation)
+        if rollout.kind == "reload":
+            sd_notify("READY=1")
         for done in rollout.done:
             call(done, None, {"generation": self.generation})
 
@@ -333,6 +345,8 @@ class ChangesMixin(WorkerProcessesMixin):
             rollout.rollback()
         log.error("%s rolled back (generation %d keeps serving): %s",
                   rollout.kind, self.generation, reason)
+        if rollout.kind == "reload":
+            sd_notify("READY=1")
         for done in rollout.done:
             call(done, reason)
         return True

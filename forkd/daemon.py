@@ -67,7 +67,24 @@ def daemonize(umask: int = 0o022) -> Readiness:
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     os.close(null)
+    close_inherited(keep={write_end})
     return Readiness(write_end)
+
+
+def close_inherited(keep: set[int]) -> None:
+    """Close the descriptors above 2 that the caller passed down to us (inheritable ones;
+    Python's own are not). A daemon holding the write end of its caller's pipe makes
+    `out=$(forkd start ...)`, ssh or a supervisor reading that pipe wait forever."""
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return
+    for fd in fds:
+        if fd <= 2 or fd in keep:
+            continue
+        with contextlib.suppress(OSError):
+            if os.get_inheritable(fd):
+                os.close(fd)
 
 
 def wait_ready(fd: int) -> int:

@@ -28,14 +28,23 @@ class PidFile:
 
     def acquire(self) -> None:
         """Lock the file and write our pid; raise AlreadyRunning if a live process has it."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = read_pid(self.path)
+        for _ in range(10):  # bounded: each retry means a master just removed the file
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = read_pid(self.path)
+                os.close(fd)
+                shown = f"pid {holder}" if holder else "pid unknown"
+                raise AlreadyRunning(f"already running ({shown}); pidfile {self.path}") from None
+            if same_file(fd, self.path):
+                break
+            # the stopping master unlinked the file between our open and our lock: the lock
+            # is on a dead inode that nobody else will ever see; a second start would take
+            # the new file too, and two masters would run
             os.close(fd)
-            shown = f"pid {holder}" if holder else "pid unknown"
-            raise AlreadyRunning(f"already running ({shown}); pidfile {self.path}") from None
+        else:
+            raise OSError(f"the pidfile {self.path} keeps being removed")
         self.fd = fd
         self.write(os.getpid())
 
@@ -53,6 +62,16 @@ class PidFile:
         with contextlib.suppress(OSError):
             os.close(self.fd)
         self.fd = None
+
+
+def same_file(fd: int, path: str) -> bool:
+    """Whether `fd` is still the file named `path` (not unlinked or replaced)."""
+    try:
+        named = os.stat(path)
+    except OSError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
 
 
 def read_pid(path: str) -> int | None:

@@ -30,6 +30,7 @@ from typing import Any
 
 from forkd import logs
 from forkd.channel import Channel
+from forkd.daemon import sd_notify
 from forkd.ports import port_key
 from forkd.supervision import KILL_GRACE, WorkerProcess, WorkerState, clock
 
@@ -279,6 +280,7 @@ def resume(state: dict[str, Any], log_setup: Any) -> Any:
     if error is not None:
         master.retired_sockets.extend(sockets.values())
         log.error("reload failed, the old application keeps serving: %s", error)
+        sd_notify("READY=1")  # the end of the RELOADING=1 sent before the exec
         finished(error, None)
         return master
     master.retired_sockets.extend(sockets.values())

@@ -113,6 +113,10 @@ def start(args: argparse.Namespace, argv: list[str]) -> int:
     holder = running_pid(pid_path)
     if holder is not None:
         raise Failure(f"{os.path.basename(tap)} is already running (pid {holder})")
+    if args.logfile == "-" and not args.nodaemon:
+        # a daemon writing to the terminal it left, and keeping the caller's stderr open
+        # (`out=$(forkd start ... -l - 2>&1)` would never return)
+        raise Failure("-l - (log to stderr) needs -n; a daemon logs to a file")
     if args.logfile:
         log_target = args.logfile if args.logfile == "-" else os.path.abspath(args.logfile)
     else:
@@ -157,6 +161,8 @@ def start(args: argparse.Namespace, argv: list[str]) -> int:
         pidfile.release()
         return fail(str(error))
     code = master.run()
+    # a stop (TERM, `forkd stop`) before every worker was ready: no-op once "ok" was sent
+    readiness.failed(master.stop_reason or "stopped before it was ready (see its log)")
     if code and args.nodaemon and master.stop_reason:
         print(f"forkd: {master.stop_reason}", file=sys.stderr)
     return code
