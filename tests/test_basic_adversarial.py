@@ -7,26 +7,14 @@ rest of the data already in the receiver's buffer.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-import uvloop
+from loops import LOOPS, run
 
 from forkd import protocol as proto_mod
 from forkd.basic import Int16StringReceiver, LineReceiver, NetstringReceiver
 from forkd.protocol import Factory, protocol_factory
-
-LOOPS = ["asyncio", "uvloop"]
-
-
-def run(kind: str, coro_fn: Callable[[], Awaitable[Any]]) -> Any:
-    """Run `coro_fn()` on a fresh loop of the given kind, with a hard deadline."""
-    loop = uvloop.new_event_loop() if kind == "uvloop" else asyncio.new_event_loop()
-    try:
-        return loop.run_until_complete(asyncio.wait_for(coro_fn(), 15))
-    finally:
-        loop.close()
 
 
 class Recording(Factory):

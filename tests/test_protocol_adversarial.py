@@ -9,25 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-import uvloop
+from loops import LOOPS, run
 
 from forkd import protocol as proto_mod
 from forkd.protocol import Factory, Protocol, protocol_factory
-
-LOOPS = ["asyncio", "uvloop"]
-
-
-def run(kind: str, coro_fn: Callable[[], Awaitable[Any]]) -> Any:
-    """Run `coro_fn()` on a fresh loop of the given kind, with a hard deadline."""
-    loop = uvloop.new_event_loop() if kind == "uvloop" else asyncio.new_event_loop()
-    try:
-        return loop.run_until_complete(asyncio.wait_for(coro_fn(), 15))
-    finally:
-        loop.close()
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
