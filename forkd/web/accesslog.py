@@ -9,10 +9,13 @@ Off unless the Site has a `logPath` ("-" is standard output).
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
 from typing import IO, Any
+
+log = logging.getLogger("forkd.web")
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 FLUSH_AT = 64 * 1024
@@ -78,7 +81,7 @@ class AccessLog:
             self._file.write(data)
             self._file.flush()
         except (OSError, ValueError) as e:  # a full disk must not take the server down
-            print(f"forkd.web: access log {self.path}: {e}", file=sys.stderr)
+            log.error("access log %s: %s (lines dropped)", self.path, e)
 
     def reopen(self) -> None:
         self.flush()
