@@ -271,9 +271,14 @@ class ChangesMixin(WorkerProcessesMixin):
             return False
         if worker.channel.wants_write:
             def flush() -> None:
-                with contextlib.suppress(ChannelClosed):
+                try:
                     if not worker.channel.flush():
                         return
+                except ChannelClosed:
+                    # closed just now, so its number is not yet anyone else's: drop the
+                    # whole registration while forgetting it still means this channel
+                    self.loop.forget(worker.channel.fd)
+                    return
                 self.loop.remove_writer(worker.channel.fd)
 
             self.loop.add_writer(worker.channel.fd, flush)

@@ -184,7 +184,10 @@ class WorkerProcessesMixin:
 
     def worker_exited(self, worker: WorkerProcess, status: int) -> None:
         text, code, _ = describe_status(status)
-        self.loop.forget(worker.channel.fd)
+        if not worker.channel.closed:
+            # Only while open: once closed, its number may already be another socket's
+            # (a forkctl client accepted since), and forgetting it would deafen that one.
+            self.loop.forget(worker.channel.fd)
         with contextlib.suppress(ChannelClosed, ChannelError):
             for message, _fds in worker.channel.receive():  # its last words
                 self.on_message(worker, message)

@@ -183,3 +183,28 @@ def test_scale_specs(master: Any) -> None:
     assert master.scale("-10") == 0
     with pytest.raises(ValueError):
         master.scale("many")
+
+
+def test_reaping_a_worker_never_deafens_the_socket_that_reused_its_channel_number(
+    master: Any,
+) -> None:
+    """Its channel closed at EOF, a forkctl client was accepted on the same descriptor
+    number, then SIGCHLD: forgetting the old number must not unregister the new client."""
+    import socket as socket_module
+
+    left, right = socket_module.socketpair()
+    try:
+        worker = WorkerProcess(2000, 7, master.generation, FakeChannel(), 0.0)
+        worker.channel.closed = True
+        worker.channel.fd = left.fileno()  # the number the closed channel had
+        master.workers[worker.pid] = worker
+        heard: list[bytes] = []
+        master.loop.add_reader(left.fileno(), lambda: heard.append(left.recv(16)))
+        master.reap = lambda: None  # only worker_exited is under test
+        master.worker_exited(master.workers.pop(worker.pid), 0)
+        right.sendall(b"ping")
+        master.loop.poll(1.0)
+        assert heard == [b"ping"]
+    finally:
+        left.close()
+        right.close()
