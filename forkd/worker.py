@@ -262,7 +262,7 @@ class Worker:
             self.stop(graceful=True)
             return
         if self.channel.wants_write and self.loop is not None:
-            self.loop.add_writer(self.channel.fileno(), self.on_writable)
+            self.loop.add_writer(self.channel.fd, self.on_writable)
 
     def on_writable(self) -> None:
         try:
@@ -271,7 +271,7 @@ class Worker:
             done = True
         if done and self.loop is not None:
             with contextlib.suppress(Exception):
-                self.loop.remove_writer(self.channel.fileno())
+                self.loop.remove_writer(self.channel.fd)  # by number: closed now, not reused yet
 
     def on_channel(self) -> None:
         try:
@@ -280,7 +280,7 @@ class Worker:
             log.warning("the master is gone: stopping")
             assert self.loop is not None
             with contextlib.suppress(Exception):
-                self.loop.remove_reader(self.channel.fileno())
+                self.loop.remove_reader(self.channel.fd)  # closed just now, number not reused
             self.stop(graceful=True)
             return
         for message, fds in messages:
