@@ -147,7 +147,7 @@ class MasterConnection:
             self.master.remove_reader(self.sock)
         with contextlib.suppress(OSError):
             self.sock.close()
-        self.server.connections.discard(self)
+        self.server.connections.pop(self, None)
         if error is None:
             reason: BaseException = ConnectionDone("Connection was closed cleanly.")
         else:
@@ -168,7 +168,7 @@ class MasterPortServer:
         self.master = master
         self.port = port
         self.key = getattr(port, "key", repr(port))
-        self.connections: set[MasterConnection] = set()
+        self.connections: dict[MasterConnection, None] = {}  # ordered: oldest first
         self._listening = False
 
     def start(self) -> None:
@@ -192,7 +192,7 @@ class MasterPortServer:
                     sock.close()
 
     def _admit(self, sock: socket.socket, address: Any) -> None:
-        if len(self.connections) >= MAX_CONNECTIONS:
+        if len(self.connections) >= MAX_CONNECTIONS and not self._evict_one():
             sock.close()
             return
         sock.setblocking(False)
@@ -202,8 +202,20 @@ class MasterPortServer:
             return
         protocol.master = self.master
         connection = MasterConnection(self, sock, protocol)
-        self.connections.add(connection)
+        self.connections[connection] = None
         connection.start()
+
+    def _evict_one(self) -> bool:
+        """Make room by closing the oldest connection whose protocol says it may go
+        (`evictable()`: the telnet shell before login). Why: otherwise a few idle
+        connections that never log in fill every slot and lock the administrator out."""
+        for connection in list(self.connections):  # insertion order: the oldest first
+            evictable = getattr(connection.protocol, "evictable", None)
+            if evictable is not None and evictable():
+                log.warning("master port %s: full; closing an idle connection", self.key)
+                connection.abortConnection()
+                return True
+        return False
 
     def stop(self) -> None:
         """Stop accepting and close every connection (the port itself is the caller's)."""

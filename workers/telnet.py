@@ -90,6 +90,16 @@ class TelnetShell(Protocol):
         self._last_cr = False
         self.transport.write(b"forkd shell\r\nusername: ")
 
+    def connectionLost(self, reason: Any = None) -> None:
+        """Stop here: what the peer sent after the connection was closed under it (its
+        output overflowed, say) must not run as more statements."""
+        self.state = "closed"
+
+    def evictable(self) -> bool:
+        """Whether the master may close this connection to admit a new one: only before
+        login, so a flood of idle connections cannot lock the administrator out."""
+        return getattr(self, "state", "") in ("username", "password")
+
     # -- telnet framing -------------------------------------------------------------------
     def dataReceived(self, data: bytes) -> None:
         for byte in data:
