@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import sys
@@ -29,3 +30,14 @@ def quiet_on_closed_pipe(main: Callable[..., int]) -> Callable[..., int]:
             return EXIT_CLOSED_PIPE
 
     return run
+
+
+def positive_seconds(text: str) -> float:
+    """A timeout option: a positive finite number of seconds (not 0, negative, inf or nan)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value

@@ -16,7 +16,7 @@ import os
 import stat
 import sys
 
-from forkd.cli import quiet_on_closed_pipe
+from forkd.cli import positive_seconds, quiet_on_closed_pipe
 from forkd.commands import COMMANDS, summary
 from forkd.control_client import ControlError, request
 
@@ -26,17 +26,6 @@ EXIT_USAGE = 2
 
 class NoSocket(Exception):
     """No control socket could be chosen; the message says what to do."""
-
-
-def positive_seconds(text: str) -> float:
-    """--timeout: a positive finite number (the socket refuses 0, negatives and nan)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
-    return value
 
 
 def parser() -> argparse.ArgumentParser:

@@ -20,6 +20,7 @@ import sys
 import time
 from typing import Any
 
+from forkd.cli import positive_seconds
 from forkd.commands.status import table as status_table
 from forkd.control import ControlSocketError
 from forkd.control_client import ControlError, request
@@ -30,16 +31,6 @@ STOP_WAIT = 120.0
 
 class Failure(Exception):
     """A user-facing error: one line on stderr, exit 1."""
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return value
 
 
 def worker_count(text: str) -> int:
@@ -64,9 +55,9 @@ def parser() -> argparse.ArgumentParser:
     start.add_argument("--control", metavar="P", help="control socket, default <base>.ctl")
     start.add_argument("-u", "--uid", metavar="USER", help="run as USER (default: the tap's)")
     start.add_argument("-g", "--gid", metavar="GROUP", help="run as GROUP (default: the tap's)")
-    start.add_argument("--graceful-timeout", type=positive_float, default=30.0, metavar="S",
+    start.add_argument("--graceful-timeout", type=positive_seconds, default=30.0, metavar="S",
                        help="seconds a stopping worker may take to finish (default 30)")
-    start.add_argument("--timeout", type=positive_float, default=30.0, metavar="S",
+    start.add_argument("--timeout", type=positive_seconds, default=30.0, metavar="S",
                        help="kill a worker silent this long (default 30)")
     start.add_argument("--no-save", action="store_true",
                        help="do not write <base>-shutdown.tap on stop")
