@@ -57,8 +57,10 @@ class Application:
         self, port: int, factory: Any, backlog: int = DEFAULT_BACKLOG, interface: str = ""
     ) -> TCPPort:
         """Serve `factory` on TCP `port` (on every IPv4 address unless `interface` says)."""
-        if isinstance(port, bool) or not isinstance(port, (int, str)) or not (
-            str(port).isdigit() and 0 <= int(port) <= 65535
+        if (
+            isinstance(port, bool)
+            or not isinstance(port, (int, str))
+            or not (str(port).isdigit() and 0 <= int(port) <= 65535)
         ):
             # refused here, not at `forkd start`: a tap must never hold a port it cannot bind
             raise ValueError(f"bad TCP port {port!r}: a port is a number from 0 to 65535")

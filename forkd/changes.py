@@ -257,7 +257,8 @@ class ChangesMixin(WorkerProcessesMixin):
     # -- bookkeeping, called by the master's loop -----------------------------------------
     def serving_workers(self) -> list[WorkerProcess]:
         return [
-            w for w in self.workers.values()
+            w
+            for w in self.workers.values()
             if w.state in (WorkerState.BOOTING, WorkerState.READY) and not w.channel.closed
         ]
 
@@ -270,6 +271,7 @@ class ChangesMixin(WorkerProcessesMixin):
         except ChannelClosed:
             return False
         if worker.channel.wants_write:
+
             def flush() -> None:
                 try:
                     if not worker.channel.flush():
@@ -348,8 +350,12 @@ class ChangesMixin(WorkerProcessesMixin):
         self.generation = rollout.old_generation
         if rollout.rollback is not None:
             rollout.rollback()
-        log.error("%s rolled back (generation %d keeps serving): %s",
-                  rollout.kind, self.generation, reason)
+        log.error(
+            "%s rolled back (generation %d keeps serving): %s",
+            rollout.kind,
+            self.generation,
+            reason,
+        )
         if rollout.kind == "reload":
             sd_notify("READY=1")
         for done in rollout.done:

@@ -45,9 +45,22 @@ from forkd.control_wire import HEADER, MAX_MESSAGE, VERSION, encode, error_respo
 from forkd.ports import remove_stale_unix_socket
 
 __all__ = [
-    "HEADER", "MAX_CLIENTS", "MAX_MESSAGE", "MAX_OUTPUT_BUFFER", "VERSION", "ClientConnection",
-    "CommandError", "ControlServer", "ControlSocketError", "Handler", "Reply", "check_path",
-    "encode", "error_response", "one_line", "peer_uid",
+    "HEADER",
+    "MAX_CLIENTS",
+    "MAX_MESSAGE",
+    "MAX_OUTPUT_BUFFER",
+    "VERSION",
+    "ClientConnection",
+    "CommandError",
+    "ControlServer",
+    "ControlSocketError",
+    "Handler",
+    "Reply",
+    "check_path",
+    "encode",
+    "error_response",
+    "one_line",
+    "peer_uid",
 ]
 
 log = logging.getLogger("forkd.control")
@@ -257,8 +270,11 @@ class ControlServer:
             if reply.command == "reload":
                 self._reload_replies.append(reply)
             else:
-                reply(f"{reply.command}: interrupted by a reload of the master; "
-                      "check with forkctl status", None)
+                reply(
+                    f"{reply.command}: interrupted by a reload of the master; "
+                    "check with forkctl status",
+                    None,
+                )
 
     def reload_finished(self, error: str | None, result: dict[str, Any] | None = None) -> None:
         """The new image's reload outcome, for the forkctl that asked for it."""
@@ -295,9 +311,13 @@ class ControlServer:
             self.refused += 1
             log.warning("control: refused a connection from uid %d", uid)
             with contextlib.suppress(OSError):
-                conn.send(encode(error_response(
-                    None, f"permission denied: uid {uid} may not control this forkd"
-                )))
+                conn.send(
+                    encode(
+                        error_response(
+                            None, f"permission denied: uid {uid} may not control this forkd"
+                        )
+                    )
+                )
             conn.close()
             return
         if len(self.clients) >= MAX_CLIENTS:
@@ -369,8 +389,9 @@ class ControlServer:
             request_id = None
         if request.get("version") != VERSION:
             client.send_error(
-                request_id, f"unsupported protocol version {request.get('version')!r} "
-                f"(this forkd speaks {VERSION})"
+                request_id,
+                f"unsupported protocol version {request.get('version')!r} "
+                f"(this forkd speaks {VERSION})",
             )
             return
         command = request.get("command")

@@ -105,7 +105,7 @@ def wait_ready(fd: int) -> int:
     if line == "ok":
         return 0
     if line.startswith("error: "):
-        print(f"forkd: {line[len('error: '):]}", file=sys.stderr)
+        print(f"forkd: {line[len('error: ') :]}", file=sys.stderr)
     else:
         print("forkd: the daemon exited before it was ready (see its log)", file=sys.stderr)
     return EXIT_NOT_READY

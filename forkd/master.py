@@ -182,7 +182,9 @@ class Master(ChangesMixin):
         setproctitle.setproctitle(f"forkd: master [{title}]")
         log.info(
             "master starting: %s, %d worker(s), ports %s",
-            self.tapfile, self.target, ", ".join(port_key(p) for p in self.application.ports),
+            self.tapfile,
+            self.target,
+            ", ".join(port_key(p) for p in self.application.ports),
         )
         gc.collect()
         gc.freeze()  # pages of objects made so far stay shared with the workers
@@ -309,9 +311,12 @@ class Master(ChangesMixin):
         if self.backoff.failures and stable(list(self.workers.values()), now):
             log.info("workers are stable again: backoff reset")
             self.backoff.reset()
-        if self.state is MasterState.STARTING and current and all(
-            w.state is WorkerState.READY for w in current
-        ) and len(current) == self.target:
+        if (
+            self.state is MasterState.STARTING
+            and current
+            and all(w.state is WorkerState.READY for w in current)
+            and len(current) == self.target
+        ):
             self.state = MasterState.RUNNING
             log.info("ready: %d worker(s) serving", len(current))
             self.readiness.ready()
@@ -324,8 +329,9 @@ class Master(ChangesMixin):
             return
         elif self.state is MasterState.RUNNING:
             delay = self.backoff.failed(clock())
-            log.warning("respawning in %.1fs (%d failure(s) in a row)", delay,
-                        self.backoff.failures)
+            log.warning(
+                "respawning in %.1fs (%d failure(s) in a row)", delay, self.backoff.failures
+            )
 
     def fail(self, reason: str) -> None:
         """Startup failed: report the reason to `forkd start` and stop everything now."""
@@ -354,7 +360,7 @@ class Master(ChangesMixin):
             self.stop_worker(worker, drain)
 
     def scale(self, spec: str) -> int:
-        """"N", "+N" or "-N" workers; returns the new target (at least 0)."""
+        """ "N", "+N" or "-N" workers; returns the new target (at least 0)."""
         text = str(spec).strip()
         try:
             number = int(text)

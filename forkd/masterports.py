@@ -120,8 +120,9 @@ class MasterConnection:
         try:
             self.protocol.dataReceived(data)
         except Exception:  # a protocol bug costs its connection, never the master
-            log.exception("master port %s: protocol failed; closing the connection",
-                          self.server.key)
+            log.exception(
+                "master port %s: protocol failed; closing the connection", self.server.key
+            )
             self.abortConnection()
 
     def doWrite(self) -> None:

@@ -387,9 +387,11 @@ def protocol_factory(factory: Factory, server: Any = None) -> Callable[[], async
 
     A factory that keeps the default buildProtocol gets the fast path (the protocol class is
     instantiated directly); one that overrides it is called with the peer's address."""
-    if type(factory).buildProtocol is not Factory.buildProtocol or not isinstance(
-        factory.protocol, type
-    ) or not issubclass(factory.protocol, Protocol):
+    if (
+        type(factory).buildProtocol is not Factory.buildProtocol
+        or not isinstance(factory.protocol, type)
+        or not issubclass(factory.protocol, Protocol)
+    ):
         return lambda: _Deferred(factory, server)
     protocol_class = factory.protocol
 
@@ -400,4 +402,3 @@ def protocol_factory(factory: Factory, server: Any = None) -> Callable[[], async
         return protocol
 
     return build
-

@@ -128,12 +128,17 @@ def reexec(master: Any) -> str:
         with contextlib.suppress(Exception):
             _flush(worker.channel)
         state["workers"].append(
-            {"pid": worker.pid, "number": worker.number, "generation": worker.generation,
-             "fd": worker.channel.fileno(), "state": worker.state.value,
-             "was_ready": worker.was_ready,
-             # a draining worker's SIGKILL deadline, as seconds from now (clocks are per
-             # image only in theory, but a relative deadline needs no shared epoch)
-             "kill_in": None if worker.kill_at is None else worker.kill_at - clock()}
+            {
+                "pid": worker.pid,
+                "number": worker.number,
+                "generation": worker.generation,
+                "fd": worker.channel.fileno(),
+                "state": worker.state.value,
+                "was_ready": worker.was_ready,
+                # a draining worker's SIGKILL deadline, as seconds from now (clocks are per
+                # image only in theory, but a relative deadline needs no shared epoch)
+                "kill_in": None if worker.kill_at is None else worker.kill_at - clock(),
+            }
         )
         fds.append(worker.channel.fileno())
     if master.control is not None:
@@ -145,8 +150,10 @@ def reexec(master: Any) -> str:
             state["control"] = keep()
             fds.extend(int(fd) for fd in (state["control"] or {}).get("fds", []))
     detach = getattr(master.reloading, "detach", None)
-    if detach is not None and state["control"] is None and not getattr(
-        master.reloading, "done", False
+    if (
+        detach is not None
+        and state["control"] is None
+        and not getattr(master.reloading, "done", False)
     ):  # the forkctl that asked gets its answer from the new image
         try:
             state["reply"] = detach()
@@ -170,8 +177,9 @@ def reexec(master: Any) -> str:
     # master. Blocked, they stay pending across the exec until `Master.run` unblocks them.
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, handled_signals())
     try:
-        os.execve(sys.executable, [sys.executable, "-m", "forkd.cli.forkd", *master.config.argv],
-                  env)
+        os.execve(
+            sys.executable, [sys.executable, "-m", "forkd.cli.forkd", *master.config.argv], env
+        )
     except OSError as error:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         for fd in fds:

@@ -187,7 +187,10 @@ class Shell:
         return text, False
 
     def _reconcile_ports(
-        self, application: Any, before: dict[str, Any], recording: RecordingRuntime,
+        self,
+        application: Any,
+        before: dict[str, Any],
+        recording: RecordingRuntime,
         output: io.StringIO,
     ) -> None:
         """Make `application.ports` edited as a list (`ports.clear()`, `ports.append(p)`)
@@ -206,8 +209,10 @@ class Shell:
                 output.write(f"# {key} joined application.ports: it is served now\n")
             except Exception as error:
                 application.ports = [p for p in application.ports if p is not after[key]]
-                output.write(f"# {key} is not served and was taken out of application.ports:"
-                             f" {one_line(str(error))}\n")
+                output.write(
+                    f"# {key} is not served and was taken out of application.ports:"
+                    f" {one_line(str(error))}\n"
+                )
 
     def _apply_change(self) -> str:
         try:

@@ -125,9 +125,7 @@ def kills_due(workers: list[WorkerProcess], now: float) -> list[WorkerProcess]:
 
 def stable(workers: list[WorkerProcess], now: float) -> bool:
     """Whether some worker has been ready for STABLE_AFTER: the crash loop is over."""
-    return any(
-        w.state is WorkerState.READY and now - w.started >= STABLE_AFTER for w in workers
-    )
+    return any(w.state is WorkerState.READY and now - w.started >= STABLE_AFTER for w in workers)
 
 
 class SuspendDetector:

@@ -70,8 +70,10 @@ def _children(value: Any) -> list[tuple[str, Any]]:
                 merged.update(part)
         state = merged
     if isinstance(state, dict):
-        return [(f".{key}" if isinstance(key, str) else f"[{key!r}]", item)
-                for key, item in state.items()]
+        return [
+            (f".{key}" if isinstance(key, str) else f"[{key!r}]", item)
+            for key, item in state.items()
+        ]
     return []
 
 
@@ -164,14 +166,47 @@ def check_trusted(path: str, st: os.stat_result) -> None:
 # What no Application needs and every pickle exploit reaches for. Not a sandbox (the owner
 # check above is the defence): a second line that turns the classic payloads, and a
 # corrupted file that happens to name them, into a clear refusal instead of code run.
-_FORBIDDEN_MODULES = frozenset({
-    "os", "posix", "nt", "subprocess", "pty", "shutil", "sys", "importlib", "runpy", "code",
-    "codeop", "ctypes", "multiprocessing", "pickle", "_pickle", "marshal", "webbrowser",
-})
-_FORBIDDEN_BUILTINS = frozenset({
-    "eval", "exec", "compile", "open", "__import__", "getattr", "setattr", "delattr",
-    "globals", "locals", "vars", "input", "breakpoint", "exit", "quit", "help",
-})
+_FORBIDDEN_MODULES = frozenset(
+    {
+        "os",
+        "posix",
+        "nt",
+        "subprocess",
+        "pty",
+        "shutil",
+        "sys",
+        "importlib",
+        "runpy",
+        "code",
+        "codeop",
+        "ctypes",
+        "multiprocessing",
+        "pickle",
+        "_pickle",
+        "marshal",
+        "webbrowser",
+    }
+)
+_FORBIDDEN_BUILTINS = frozenset(
+    {
+        "eval",
+        "exec",
+        "compile",
+        "open",
+        "__import__",
+        "getattr",
+        "setattr",
+        "delattr",
+        "globals",
+        "locals",
+        "vars",
+        "input",
+        "breakpoint",
+        "exit",
+        "quit",
+        "help",
+    }
+)
 
 
 class RefusedGlobal(pickle.UnpicklingError):
@@ -215,9 +250,7 @@ def loads(data: bytes, path: str = "<tap>") -> Any:
     except (EOFError, pickle.UnpicklingError, ValueError, IndexError, KeyError) as error:
         raise TapError(f"{path}: truncated or corrupt tap file ({error})") from error
     except Exception as error:
-        raise TapError(
-            f"{path}: loading failed: {type(error).__name__}: {error}"
-        ) from error
+        raise TapError(f"{path}: loading failed: {type(error).__name__}: {error}") from error
     from forkd.app import Application
 
     if not isinstance(application, Application):

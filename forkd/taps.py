@@ -87,16 +87,13 @@ def checked_pairs(name: str, result: Any) -> list[tuple[Any, Any]]:
     mktap, not a tap file that fails only at `forkd start` (or an unpacking traceback)."""
     if isinstance(result, (str, bytes)) or not isinstance(result, (list, tuple)):
         raise BadTap(
-            f"{name}.getPorts returned {type(result).__name__}, "
-            "not a list of (port, factory) pairs"
+            f"{name}.getPorts returned {type(result).__name__}, not a list of (port, factory) pairs"
         )
     pairs = []
     for index, item in enumerate(result):
         if not isinstance(item, (list, tuple)) or len(item) != 2:
             shown = f"{len(item)} items" if isinstance(item, (list, tuple)) else repr(item)
-            raise BadTap(
-                f"{name}.getPorts item {index} is not a (port, factory) pair: {shown}"
-            )
+            raise BadTap(f"{name}.getPorts item {index} is not a (port, factory) pair: {shown}")
         port, factory = item
         if isinstance(port, bool) or not isinstance(port, (int, str)):
             if not callable(getattr(port, "startListening", None)):

@@ -179,8 +179,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
-             message: str = "condition") -> Any:
+def wait_for(
+    condition: Callable[[], Any],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    message: str = "condition",
+) -> Any:
     """Poll `condition` until it returns something truthy; AssertionError after `timeout`."""
     deadline = _time.monotonic() + timeout
     while True:
@@ -214,8 +218,15 @@ class RunningForkd:
     systemd would), so the ports serve once `with` returns; leaving stops it (TERM, then
     KILL after `stop_timeout`). `log()` is what it wrote to stderr."""
 
-    def __init__(self, tap: str, *args: str, workers: int = 2, extra_paths: Iterable[str] = (),
-                 ready_timeout: float = 20.0, stop_timeout: float = 20.0) -> None:
+    def __init__(
+        self,
+        tap: str,
+        *args: str,
+        workers: int = 2,
+        extra_paths: Iterable[str] = (),
+        ready_timeout: float = 20.0,
+        stop_timeout: float = 20.0,
+    ) -> None:
         self.tap = str(tap)
         self.args = list(args)
         self.workers = workers
@@ -236,8 +247,9 @@ class RunningForkd:
         env = dict(self.env, NOTIFY_SOCKET=notify_path)
         command = forkd_command("start", self.tap, "-n", "-w", str(self.workers), *self.args)
         with open(self.log_path, "wb") as stderr:
-            self.process = _subprocess.Popen(command, env=env, stderr=stderr,
-                                             stdout=_subprocess.DEVNULL)
+            self.process = _subprocess.Popen(
+                command, env=env, stderr=stderr, stdout=_subprocess.DEVNULL
+            )
         try:
             deadline = _time.monotonic() + self.ready_timeout
             while True:
@@ -266,8 +278,10 @@ class RunningForkd:
         return self.process.pid
 
     def log(self) -> str:
-        with _contextlib.suppress(OSError), open(self.log_path, encoding="utf-8",
-                                                  errors="replace") as handle:
+        with (
+            _contextlib.suppress(OSError),
+            open(self.log_path, encoding="utf-8", errors="replace") as handle,
+        ):
             return handle.read()
         return ""
 
@@ -286,8 +300,9 @@ class RunningForkd:
                         pids.add(child.pid)
         return pids
 
-    def wait_workers(self, count: int, timeout: float = 15.0,
-                     exclude: Iterable[int] = ()) -> set[int]:
+    def wait_workers(
+        self, count: int, timeout: float = 15.0, exclude: Iterable[int] = ()
+    ) -> set[int]:
         """Wait until exactly `count` workers run (none of them in `exclude`)."""
         excluded = set(exclude)
 

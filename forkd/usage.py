@@ -58,6 +58,7 @@ def portCoerce(value: str) -> int:
 
 portCoerce.__dict__["coerceDoc"] = "Must be an int between 0 and 65535."  # help text
 
+
 def _printable(text: str) -> str:
     """User text as it goes into an error message, kept to one line a terminal can show."""
     if text.isprintable():

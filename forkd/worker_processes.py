@@ -125,7 +125,9 @@ class WorkerProcessesMixin:
                 continue
             log.error(
                 "worker %d (pid %d) sent no heartbeat for %.1fs: aborting it (SIGABRT)",
-                worker.number, worker.pid, now - worker.last_beat,
+                worker.number,
+                worker.pid,
+                now - worker.last_beat,
             )
             worker.state = WorkerState.TIMED_OUT
             worker.kill_at = now + KILL_GRACE
@@ -208,4 +210,3 @@ class WorkerProcessesMixin:
             log.error("%s %s, %s", what, text, served)
             self.worker_failed(worker, f"worker {worker.number} {text} during boot")
         self.change_worker_exited(worker)
-

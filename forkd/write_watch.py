@@ -21,7 +21,10 @@ class WriteWatch:
     """Calls `flush` while `pending()` says output waits; `start` and `stop` are idempotent."""
 
     def __init__(
-        self, master: Any, sock: socket.socket, flush: Callable[[], None],
+        self,
+        master: Any,
+        sock: socket.socket,
+        flush: Callable[[], None],
         pending: Callable[[], bool],
     ) -> None:
         self.master = master

@@ -40,26 +40,69 @@ def main() -> int:
     python = sys.executable
     with tempfile.TemporaryDirectory(prefix="forkd-share-") as directory:
         port = free_port()
-        subprocess.run([python, "-m", "forkd.cli.mktap", "hello", "--port", str(port),
-                        "--interface", "127.0.0.1"], cwd=directory, env=env, check=True,
-                       capture_output=True)
+        subprocess.run(
+            [
+                python,
+                "-m",
+                "forkd.cli.mktap",
+                "hello",
+                "--port",
+                str(port),
+                "--interface",
+                "127.0.0.1",
+            ],
+            cwd=directory,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
         master = subprocess.Popen(
-            [python, "-m", "forkd.cli.forkd", "start", "-n", "hello.tap", "-w",
-             str(args.workers), "-l", "share.log"], cwd=directory, env=env)
+            [
+                python,
+                "-m",
+                "forkd.cli.forkd",
+                "start",
+                "-n",
+                "hello.tap",
+                "-w",
+                str(args.workers),
+                "-l",
+                "share.log",
+            ],
+            cwd=directory,
+            env=env,
+        )
         ctl = os.path.join(directory, "hello.ctl")
 
         def status() -> dict:
-            done = subprocess.run([python, "-m", "forkd.cli.forkctl", "-c", ctl, "status",
-                                   "--json"], env=env, capture_output=True, text=True)
+            done = subprocess.run(
+                [python, "-m", "forkd.cli.forkctl", "-c", ctl, "status", "--json"],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
             return json.loads(done.stdout) if done.returncode == 0 else {}
 
         try:
-            wait_for(lambda: len([w for w in status().get("workers", [])
-                                  if w.get("state") == "ready"]) == args.workers, 20)
+            wait_for(
+                lambda: (
+                    len([w for w in status().get("workers", []) if w.get("state") == "ready"])
+                    == args.workers
+                ),
+                20,
+            )
             wrk = subprocess.run(
-                ["wrk", "-t2", f"-c{args.connections}", f"-d{args.duration}s",
-                 f"http://127.0.0.1:{port}/"], capture_output=True, text=True,
-                timeout=args.duration + 30)
+                [
+                    "wrk",
+                    "-t2",
+                    f"-c{args.connections}",
+                    f"-d{args.duration}s",
+                    f"http://127.0.0.1:{port}/",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=args.duration + 30,
+            )
             time.sleep(1.5)  # one heartbeat interval: the counters to reach the master
             workers = status()["workers"]
         finally:
@@ -68,8 +111,10 @@ def main() -> int:
     total = sum(w["requests"] for w in workers) or 1
     print(next(line for line in wrk.stdout.splitlines() if "Requests/sec" in line).strip())
     for w in sorted(workers, key=lambda w: w["number"]):
-        print(f"worker {w['number']}: {w['requests']:>9} requests "
-              f"({100 * w['requests'] / total:5.1f}%), {w['accepted']} connections")
+        print(
+            f"worker {w['number']}: {w['requests']:>9} requests "
+            f"({100 * w['requests'] / total:5.1f}%), {w['accepted']} connections"
+        )
     return 0
 
 

@@ -143,8 +143,12 @@ class FakeMaster:
             thread.join(5)
 
     # -- the master API ---------------------------------------------------------------------
-    def _answer(self, done: Callable[..., Any] | None, error: str | None = None,
-                result: dict[str, Any] | None = None) -> None:
+    def _answer(
+        self,
+        done: Callable[..., Any] | None,
+        error: str | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> None:
         if done is None:
             return
         if self.hold:
@@ -161,17 +165,31 @@ class FakeMaster:
         self.calls.append(("status", None))
         ports = self.application.ports if self.application is not None else []
         return {
-            "pid": os.getpid(), "started": time.time() - 5, "uptime": 5.0,
-            "tapfile": self.tapfile, "generation": self.generation,
-            "target_workers": self.target, "unsaved": self.unsaved,
+            "pid": os.getpid(),
+            "started": time.time() - 5,
+            "uptime": 5.0,
+            "tapfile": self.tapfile,
+            "generation": self.generation,
+            "target_workers": self.target,
+            "unsaved": self.unsaved,
             "workers": [
-                {"number": n, "pid": os.getpid(), "generation": self.generation,
-                 "state": "ready", "connections": n, "accepted": 10 * n, "requests": 7 * n,
-                 "rss": None, "started": time.time() - 3}
+                {
+                    "number": n,
+                    "pid": os.getpid(),
+                    "generation": self.generation,
+                    "state": "ready",
+                    "connections": n,
+                    "accepted": 10 * n,
+                    "requests": 7 * n,
+                    "rss": None,
+                    "started": time.time() - 3,
+                }
                 for n in range(1, self.target + 1)
             ],
-            "ports": [{"key": port_key(p), "repr": repr(p),
-                       "factory": type(p.factory).__qualname__} for p in ports],
+            "ports": [
+                {"key": port_key(p), "repr": repr(p), "factory": type(p.factory).__qualname__}
+                for p in ports
+            ],
             "backoff": {"failures": 0, "next_spawn_in": None},
         }
 

@@ -65,7 +65,10 @@ class ProbeFactory(Factory):
     hold_flag: str | None = None
 
     def __init__(
-        self, fail: str | None = None, hang: bool = False, crash_flag: str | None = None,
+        self,
+        fail: str | None = None,
+        hang: bool = False,
+        crash_flag: str | None = None,
         hold_flag: str | None = None,
     ) -> None:
         self.fail = fail
@@ -88,8 +91,13 @@ class ProbeFactory(Factory):
 
 
 def make_tap(
-    path: str, port: int, fail: str | None = None, name: str = "probe", hang: bool = False,
-    crash_flag: str | None = None, hold_flag: str | None = None,
+    path: str,
+    port: int,
+    fail: str | None = None,
+    name: str = "probe",
+    hang: bool = False,
+    crash_flag: str | None = None,
+    hold_flag: str | None = None,
 ) -> str:
     """Write a tap serving the probe on 127.0.0.1:`port`."""
     application = Application(name)

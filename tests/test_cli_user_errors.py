@@ -27,7 +27,11 @@ def mktap(cwd: Any, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(cwd), *sys.path]))
     return subprocess.run(
         [sys.executable, "-m", "forkd.cli.mktap", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=60, env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
     )
 
 
@@ -41,26 +45,37 @@ def one_line(done: subprocess.CompletedProcess[str]) -> str:
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ("raise RuntimeError('at import')\n",
-         "mktap: tap module 'brokentap' does not import: RuntimeError: at import"),
-        ("class Options(usage.Options):\n"
-         "    def __init__(self): raise ValueError('no options')\n"
-         "def getPorts(app, config): return []\n",
-         "mktap: tap module 'brokentap': its Options cannot be created: ValueError: no options"),
-        ("class Options(usage.Options): pass\n"
-         "def getPorts(app, config): return [(1, 2, 3)]\n",
-         "mktap: brokentap.getPorts item 0 is not a (port, factory) pair: 3 items"),
-        ("class Options(usage.Options): pass\n"
-         "def getPorts(app, config): return [(8080, None)]\n",
-         "mktap: brokentap.getPorts item 0: None is not a factory"),
-        ("class Options(usage.Options): pass\n"
-         "def getPorts(app, config): return [(99999, Factory())]\n",
-         "mktap: bad TCP port 99999: a port is a number from 0 to 65535"),
-        ("class Options(usage.Options): pass\n"
-         "class F(Factory):\n"
-         "    def __init__(self): self.on_error = lambda: None\n"
-         "def getPorts(app, config): return [(8080, F())]\n",
-         "mktap: cannot pickle application.ports[0].factory.on_error: "),
+        (
+            "raise RuntimeError('at import')\n",
+            "mktap: tap module 'brokentap' does not import: RuntimeError: at import",
+        ),
+        (
+            "class Options(usage.Options):\n"
+            "    def __init__(self): raise ValueError('no options')\n"
+            "def getPorts(app, config): return []\n",
+            "mktap: tap module 'brokentap': its Options cannot be created: ValueError: no options",
+        ),
+        (
+            "class Options(usage.Options): pass\ndef getPorts(app, config): return [(1, 2, 3)]\n",
+            "mktap: brokentap.getPorts item 0 is not a (port, factory) pair: 3 items",
+        ),
+        (
+            "class Options(usage.Options): pass\n"
+            "def getPorts(app, config): return [(8080, None)]\n",
+            "mktap: brokentap.getPorts item 0: None is not a factory",
+        ),
+        (
+            "class Options(usage.Options): pass\n"
+            "def getPorts(app, config): return [(99999, Factory())]\n",
+            "mktap: bad TCP port 99999: a port is a number from 0 to 65535",
+        ),
+        (
+            "class Options(usage.Options): pass\n"
+            "class F(Factory):\n"
+            "    def __init__(self): self.on_error = lambda: None\n"
+            "def getPorts(app, config): return [(8080, F())]\n",
+            "mktap: cannot pickle application.ports[0].factory.on_error: ",
+        ),
     ],
 )
 def test_a_broken_tap_module_is_one_line_and_writes_nothing(
@@ -128,8 +143,10 @@ def foreign_locked_pidfile(tmp_path: Any) -> Iterator[tuple[str, subprocess.Pope
 
 @pytest.mark.parametrize("command", ["stop", "status"])
 def test_stop_and_status_never_signal_a_process_that_is_not_forkd(
-    foreign_locked_pidfile: tuple[str, subprocess.Popen[bytes]], tmp_path: Any,
-    capsys: Any, command: str,
+    foreign_locked_pidfile: tuple[str, subprocess.Popen[bytes]],
+    tmp_path: Any,
+    capsys: Any,
+    command: str,
 ) -> None:
     path, process = foreign_locked_pidfile
     code = forkd_cli.main([command, str(tmp_path / "app.tap"), "--pidfile", path])

@@ -51,8 +51,18 @@ def disk_keys(master: FakeMaster) -> list[str]:
 
 
 def test_registry_has_every_command_with_both_halves() -> None:
-    assert list(COMMANDS) == ["status", "append", "remove", "restart", "reload", "save",
-                              "scale", "reopen", "stop", "shell"]
+    assert list(COMMANDS) == [
+        "status",
+        "append",
+        "remove",
+        "restart",
+        "reload",
+        "save",
+        "scale",
+        "reopen",
+        "stop",
+        "shell",
+    ]
     for name, module in COMMANDS.items():
         assert module.name == name
         doc = module.__doc__ or ""
@@ -85,8 +95,9 @@ def test_status_table_shows_workers_ports_and_backoff(master: FakeMaster) -> Non
 
 
 def test_append_serves_saves_and_reports(ctl: Connection, master: FakeMaster) -> None:
-    result = ctl.call("append", {"name": "echo", "options": ["--port", "0",
-                                                             "--interface", "127.0.0.1"]})
+    result = ctl.call(
+        "append", {"name": "echo", "options": ["--port", "0", "--interface", "127.0.0.1"]}
+    )
     assert len(result["ports"]) == 1 and result["saved"] == master.tapfile
     key = result["ports"][0]["key"]
     assert key != "tcp:127.0.0.1:0"  # bound: the real port number
@@ -99,23 +110,31 @@ def test_append_serves_saves_and_reports(ctl: Connection, master: FakeMaster) ->
 
 def test_append_no_save_leaves_the_tap_alone(ctl: Connection, master: FakeMaster) -> None:
     before = disk_keys(master)
-    result = ctl.call("append", {"name": "echo", "options": ["-p", "0", "-i", "127.0.0.1"],
-                                 "save": False})
+    result = ctl.call(
+        "append", {"name": "echo", "options": ["-p", "0", "-i", "127.0.0.1"], "save": False}
+    )
     assert result["saved"] is None and disk_keys(master) == before
     assert len(master.application.ports) == 2
 
 
-def test_append_answers_only_when_every_worker_serves(
-    master: FakeMaster, tmp_path: Any
-) -> None:
+def test_append_answers_only_when_every_worker_serves(master: FakeMaster, tmp_path: Any) -> None:
     control = ControlServer(master, str(tmp_path / "a.ctl"))
     control.listen()
     master.hold = True
     sock = socket.socket(socket.AF_UNIX)
     sock.connect(control.path)
     from forkd.control import encode
-    sock.sendall(encode({"version": 1, "id": 1, "command": "append",
-                         "args": {"name": "echo", "options": ["-p", "0", "-i", "127.0.0.1"]}}))
+
+    sock.sendall(
+        encode(
+            {
+                "version": 1,
+                "id": 1,
+                "command": "append",
+                "args": {"name": "echo", "options": ["-p", "0", "-i", "127.0.0.1"]},
+            }
+        )
+    )
     master.run_until(lambda: bool(master.held))
     for _ in range(20):
         master.step(0.001)
@@ -143,8 +162,10 @@ def test_append_port_in_use_is_refused_with_the_reason(ctl: Connection, master: 
     busy.listen()
     try:
         with pytest.raises(ControlError, match="cannot listen on .* in use"):
-            ctl.call("append", {"name": "echo", "options": [
-                "-p", str(busy.getsockname()[1]), "-i", "127.0.0.1"]})
+            ctl.call(
+                "append",
+                {"name": "echo", "options": ["-p", str(busy.getsockname()[1]), "-i", "127.0.0.1"]},
+            )
     finally:
         busy.close()
     assert len(master.application.ports) == 1

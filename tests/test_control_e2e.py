@@ -75,11 +75,17 @@ def ask(port: int, timeout: float = 5.0) -> tuple[str, int]:
     return greeting, int(pid)
 
 
-def forkctl(ctl: str, *args: str, env: dict[str, str],
-            forkd: RunningForkd | None = None) -> subprocess.CompletedProcess[str]:
+def forkctl(
+    ctl: str, *args: str, env: dict[str, str], forkd: RunningForkd | None = None
+) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run([sys.executable, "-m", "forkd.cli.forkctl", "-c", ctl, *args],
-                              env=env, capture_output=True, text=True, timeout=20)
+        return subprocess.run(
+            [sys.executable, "-m", "forkd.cli.forkctl", "-c", ctl, *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
     except subprocess.TimeoutExpired:
         log = forkd.log()[-6000:] if forkd is not None else ""
         raise AssertionError(f"forkctl {' '.join(args)}: no answer in 20s\n{log}") from None
@@ -134,8 +140,13 @@ def site(tmp_path: pathlib.Path) -> Iterator[dict[str, Any]]:
     app.tapfile = str(tmp_path / "app.tap")
     app.save()
     env = forkd_env([str(tmp_path)])
-    yield {"tap": app.tapfile, "port": port, "ctl": str(tmp_path / "app.ctl"), "env": env,
-           "dir": tmp_path}
+    yield {
+        "tap": app.tapfile,
+        "port": port,
+        "ctl": str(tmp_path / "app.ctl"),
+        "env": env,
+        "dir": tmp_path,
+    }
     sys.path.remove(str(tmp_path))
     sys.modules.pop("pidtap", None)
 
@@ -171,8 +182,10 @@ def test_append_reload_restart_under_load_lose_nothing(site: dict[str, Any]) -> 
         assert forkd.pid == master_pid and forkd.process.poll() is None  # type: ignore[union-attr]
         assert (load.failed, load.refused) == (0, 0), load.errors[:5]
         assert all(ask(port)[0] == "hello" for port in added)  # saved: reloads kept them
-        print(f"\nload during 10 appends, 10 reloads, 5 restarts: {load.ok} ok, "
-              f"{load.failed} failed, {load.refused} refused")
+        print(
+            f"\nload during 10 appends, 10 reloads, 5 restarts: {load.ok} ok, "
+            f"{load.failed} failed, {load.refused} refused"
+        )
 
 
 def test_append_is_served_by_every_worker_at_once(site: dict[str, Any]) -> None:
@@ -190,8 +203,10 @@ def test_append_is_served_by_every_worker_at_once(site: dict[str, Any]) -> None:
                 break
             seen.add(ask(port)[1])
         assert seen == workers  # every worker serves the new port
-        print(f"\nappend: command {1000 * (returned - started):.1f} ms, "
-              f"first request served {1000 * (first_served - started):.1f} ms after the command")
+        print(
+            f"\nappend: command {1000 * (returned - started):.1f} ms, "
+            f"first request served {1000 * (first_served - started):.1f} ms after the command"
+        )
 
 
 def test_reload_with_a_tap_module_that_raises_at_import(site: dict[str, Any]) -> None:
@@ -199,7 +214,8 @@ def test_reload_with_a_tap_module_that_raises_at_import(site: dict[str, Any]) ->
     with RunningForkd(site["tap"], workers=2, extra_paths=[str(site["dir"])]) as forkd:
         workers = forkd.wait_workers(2)
         (site["dir"] / "pidtap.py").write_text(
-            'raise RuntimeError("pidtap is broken at import")\n' + PIDTAP)
+            'raise RuntimeError("pidtap is broken at import")\n' + PIDTAP
+        )
         with Load([site["port"]]) as load:
             done = forkctl(ctl, "reload", env=env)
             wait_for(lambda: load.ok > 20, message="requests after the failed reload")
@@ -237,9 +253,24 @@ def test_seed_session_over_forkctl_shell_and_telnet(site: dict[str, Any]) -> Non
     (tmp / "pw").write_text("open-sesame\n")
     telnet_port, echo_port = free_port(), free_port()
     made = subprocess.run(
-        [sys.executable, "-m", "forkd.cli.mktap", "--append", site["tap"], "telnet",
-         "--port", str(telnet_port), "--password-file", str(tmp / "pw")],
-        env=env, capture_output=True, text=True, timeout=30, cwd=tmp)
+        [
+            sys.executable,
+            "-m",
+            "forkd.cli.mktap",
+            "--append",
+            site["tap"],
+            "telnet",
+            "--port",
+            str(telnet_port),
+            "--password-file",
+            str(tmp / "pw"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp,
+    )
     assert made.returncode == 0, made.stderr
     with RunningForkd(site["tap"], workers=2, extra_paths=[str(tmp)]) as forkd:
         workers = forkd.wait_workers(2)
@@ -252,8 +283,9 @@ def test_seed_session_over_forkctl_shell_and_telnet(site: dict[str, Any]) -> Non
         assert b"login incorrect" in data and b">>> " not in data
         # telnet: the seed's first steps
         with socket.create_connection(("127.0.0.1", telnet_port), timeout=5) as sock:
-            sock.sendall(b"admin\r\nopen-sesame\r\nimport __main__\r\n"
-                         b"__main__.application.ports\r\n")
+            sock.sendall(
+                b"admin\r\nopen-sesame\r\nimport __main__\r\n__main__.application.ports\r\n"
+            )
             data = b""
             while b"ShellFactory" not in data or not data.endswith(b">>> "):
                 chunk = sock.recv(4096)
@@ -261,14 +293,16 @@ def test_seed_session_over_forkctl_shell_and_telnet(site: dict[str, Any]) -> Non
                 data += chunk
         assert b"PidFactory on 127.0.0.1:" in data
         # forkctl shell: the rest of the seed's session
-        lines = iter([
-            "import __main__",
-            "from workers.echo import EchoFactory",
-            f"__main__.application.listenTCP({echo_port}, EchoFactory(), "
-            "interface='127.0.0.1')",
-            "__main__.application.ports[0].factory.greeting = 'changed'",
-            "__main__.application.save('known-good')",
-        ])
+        lines = iter(
+            [
+                "import __main__",
+                "from workers.echo import EchoFactory",
+                f"__main__.application.listenTCP({echo_port}, EchoFactory(), "
+                "interface='127.0.0.1')",
+                "__main__.application.ports[0].factory.greeting = 'changed'",
+                "__main__.application.save('known-good')",
+            ]
+        )
 
         def read(prompt: str) -> str:
             try:
@@ -326,4 +360,3 @@ def test_random_control_messages_leave_the_real_master_serving(site: dict[str, A
         sock.close()
         assert request(ctl, "status")["workers"]
         assert ask(site["port"])[0] == "hello"
-

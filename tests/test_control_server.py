@@ -240,13 +240,19 @@ def test_ten_thousand_random_and_truncated_messages(
                 assert response is not None and response["ok"] is False
                 answered += 1
             elif kind == 1:  # a frame holding random JSON-ish text
-                payload = rng.choice([
-                    b'{"version": 1}', b'{"version": 1, "id": {}, "command": "status", "args": 5}',
-                    b'{"version": 1, "command": "save", "args": {"tag": 5}}', b"null", b"1e999",
-                    b'"string"', b'{"version": 1, "command": "stop", "args": {"now": "yes"}}',
-                    b'{"version": 1, "command": "append", "args": {"name": 3}}',
-                    b"[" * 50000 + b"]" * 50000,
-                ])
+                payload = rng.choice(
+                    [
+                        b'{"version": 1}',
+                        b'{"version": 1, "id": {}, "command": "status", "args": 5}',
+                        b'{"version": 1, "command": "save", "args": {"tag": 5}}',
+                        b"null",
+                        b"1e999",
+                        b'"string"',
+                        b'{"version": 1, "command": "stop", "args": {"now": "yes"}}',
+                        b'{"version": 1, "command": "append", "args": {"name": 3}}',
+                        b"[" * 50000 + b"]" * 50000,
+                    ]
+                )
                 sock.sendall(frame(payload))
                 response = read_message(sock)
                 assert response is not None and response["ok"] is False
@@ -406,8 +412,11 @@ def test_a_handler_that_raises_answers_with_an_error(master: FakeMaster, tmp_pat
         reply(None, {"n": 1})
         reply(None, {"n": 2})
 
-    control = ControlServer(master, str(tmp_path / "h.ctl"),
-                            handlers={"broken": broken, "refuses": refuses, "twice": twice})
+    control = ControlServer(
+        master,
+        str(tmp_path / "h.ctl"),
+        handlers={"broken": broken, "refuses": refuses, "twice": twice},
+    )
     control.listen()
     with master.running(), Connection(control.path) as connection:
         with pytest.raises(ControlError, match="broken: RuntimeError: boom second line"):
@@ -458,9 +467,7 @@ def test_state_changes_are_logged_with_the_peer_uid(
     assert not any(": status" in line for line in lines)
 
 
-def test_close_removes_the_socket_and_drops_clients(
-    master: FakeMaster, tmp_path: Any
-) -> None:
+def test_close_removes_the_socket_and_drops_clients(master: FakeMaster, tmp_path: Any) -> None:
     control = ControlServer(master, str(tmp_path / "c.ctl"))
     control.listen()
     sock = raw_connect(control.path)

@@ -24,8 +24,13 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def forkctl(ctl: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "forkd.cli.forkctl", "-c", ctl, *args],
-                          env=forkd_env([TESTS]), capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "forkd.cli.forkctl", "-c", ctl, *args],
+        env=forkd_env([TESTS]),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.mark.parametrize("damage", ["delete", "world-writable", "garbage", "newer", "empty"])
@@ -47,7 +52,7 @@ def test_damaged_tap_reload_and_save(tmp_path: pathlib.Path, damage: str) -> Non
             data = pathlib.Path(tap).read_bytes()
             header = tapfile.header()
             assert data.startswith(header)
-            pathlib.Path(tap).write_bytes(header.replace(b"1", b"9", 1) + data[len(header):])
+            pathlib.Path(tap).write_bytes(header.replace(b"1", b"9", 1) + data[len(header) :])
         failed = forkctl(ctl, "reload")
         assert failed.returncode != 0
         assert len(failed.stderr.strip().splitlines()) == 1, failed.stderr
@@ -71,15 +76,24 @@ def test_control_socket_deleted_under_the_master(tmp_path: pathlib.Path) -> None
         assert status.returncode != 0 and len(status.stderr.strip().splitlines()) == 1
         assert "Traceback" not in status.stderr
         # the master binds it again: forkctl works without a restart
-        wait_for(lambda: forkctl(ctl, "status").returncode == 0, timeout=10,
-                 message="the control socket to come back")
+        wait_for(
+            lambda: forkctl(ctl, "status").returncode == 0,
+            timeout=10,
+            message="the control socket to come back",
+        )
         assert os.stat(ctl).st_mode & 0o777 == 0o600
-        fstatus = subprocess.run(forkd_command("status", tap), env=forkd_env([TESTS]),
-                                 capture_output=True, text=True, timeout=30)
+        fstatus = subprocess.run(
+            forkd_command("status", tap),
+            env=forkd_env([TESTS]),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert "Traceback" not in fstatus.stderr
         # the test is the master's parent: reap it, or `forkd stop` would wait on a zombie
-        stop = subprocess.Popen(forkd_command("stop", tap), env=forkd_env([TESTS]),
-                                stderr=subprocess.PIPE, text=True)
+        stop = subprocess.Popen(
+            forkd_command("stop", tap), env=forkd_env([TESTS]), stderr=subprocess.PIPE, text=True
+        )
         assert forkd.process.wait(20) == 0, forkd.log()
         assert stop.wait(20) == 0, stop.communicate()[1]
         assert "Traceback" not in forkd.log()
@@ -117,8 +131,9 @@ def test_client_killed_mid_reload(tmp_path: pathlib.Path) -> None:
     with RunningForkd(tap, workers=1, extra_paths=[TESTS]) as forkd:
         first = forkd.wait_workers(1)
         pathlib.Path(hold).touch()
-        client = subprocess.Popen([sys.executable, "-m", "forkd.cli.forkctl", "-c", ctl,
-                                   "reload"], env=forkd_env([TESTS]))
+        client = subprocess.Popen(
+            [sys.executable, "-m", "forkd.cli.forkctl", "-c", ctl, "reload"], env=forkd_env([TESTS])
+        )
         wait_for(lambda: len(forkd.worker_pids()) == 2, message="new generation forked")
         client.send_signal(signal.SIGKILL)
         client.wait(10)
@@ -135,8 +150,10 @@ def test_client_gone_before_reload_refusal_reply(tmp_path: pathlib.Path) -> None
     with RunningForkd(tap, workers=1, extra_paths=[TESTS]) as forkd:
         for _ in range(5):
             connection = Connection(ctl, 5)
-            connection.sock.sendall(b"\x00\x00\x00\x3f" + b'{"version": 1, "id": 1, '
-                                    b'"command": "reload", "args": {}}'.ljust(63))
+            connection.sock.sendall(
+                b"\x00\x00\x00\x3f"
+                + b'{"version": 1, "id": 1, "command": "reload", "args": {}}'.ljust(63)
+            )
             connection.close()
         assert request(ctl, "status")["pid"] == forkd.pid
 

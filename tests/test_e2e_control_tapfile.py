@@ -20,8 +20,13 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def forkctl(ctl: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "forkd.cli.forkctl", "-c", ctl, *args],
-                          env=forkd_env([TESTS]), capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "forkd.cli.forkctl", "-c", ctl, *args],
+        env=forkd_env([TESTS]),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def shell(ctl: str, source: str) -> str:
@@ -44,9 +49,23 @@ def test_append_then_mktap_append_by_hand_then_reload_keeps_both(tmp_path: pathl
         added = forkctl(ctl, "append", "echo", "--port", str(live), "--interface", "127.0.0.1")
         assert added.returncode == 0, added.stderr
         mktap = subprocess.run(
-            [sys.executable, "-m", "forkd.cli.mktap", "--append", tap, "echo", "--port",
-             str(by_hand), "--interface", "127.0.0.1"],
-            env=forkd_env([TESTS]), capture_output=True, text=True, timeout=30)
+            [
+                sys.executable,
+                "-m",
+                "forkd.cli.mktap",
+                "--append",
+                tap,
+                "echo",
+                "--port",
+                str(by_hand),
+                "--interface",
+                "127.0.0.1",
+            ],
+            env=forkd_env([TESTS]),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert mktap.returncode == 0, mktap.stderr
         assert len(disk_ports(tap)) == 3
         reloaded = forkctl(ctl, "reload")
@@ -57,13 +76,15 @@ def test_append_then_mktap_append_by_hand_then_reload_keeps_both(tmp_path: pathl
 
 
 def test_no_save_append_is_gone_after_reload_and_save_writes_what_serves(
-        tmp_path: pathlib.Path) -> None:
+    tmp_path: pathlib.Path,
+) -> None:
     port, extra = free_port(), free_port()
     tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
     ctl = str(tmp_path / "probe.ctl")
     with RunningForkd(tap, workers=1, extra_paths=[TESTS]):
-        added = forkctl(ctl, "append", "--no-save", "echo", "--port", str(extra),
-                        "--interface", "127.0.0.1")
+        added = forkctl(
+            ctl, "append", "--no-save", "echo", "--port", str(extra), "--interface", "127.0.0.1"
+        )
         assert added.returncode == 0, added.stderr
         assert "not saved" in added.stdout
         reloaded = forkctl(ctl, "reload")
@@ -93,8 +114,12 @@ def test_save_tag_then_start_it_elsewhere(tmp_path: pathlib.Path) -> None:
     tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
     ctl = str(tmp_path / "probe.ctl")
     with RunningForkd(tap, workers=1, extra_paths=[TESTS]):
-        assert forkctl(ctl, "append", "--no-save", "echo", "--port", str(extra),
-                       "--interface", "127.0.0.1").returncode == 0
+        assert (
+            forkctl(
+                ctl, "append", "--no-save", "echo", "--port", str(extra), "--interface", "127.0.0.1"
+            ).returncode
+            == 0
+        )
         saved = forkctl(ctl, "save", "known-good")
         assert saved.returncode == 0, saved.stderr
         tagged = str(tmp_path / "probe-known-good.tap")

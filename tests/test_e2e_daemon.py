@@ -21,17 +21,28 @@ from forkd.testing import forkd_command, forkd_env, free_port, wait_for
 pytestmark = pytest.mark.timeout(60)
 
 
-def run(*args: str, cwd: str | None = None, module: str = "forkd.cli.forkd",
-        **kwargs: Any) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, cwd: str | None = None, module: str = "forkd.cli.forkd", **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
     command = [*forkd_command()[:2], module, *args]
-    return subprocess.run(command, env=forkd_env(), capture_output=True, text=True,
-                          timeout=30, cwd=cwd, **kwargs)
+    return subprocess.run(
+        command, env=forkd_env(), capture_output=True, text=True, timeout=30, cwd=cwd, **kwargs
+    )
 
 
 def echo_tap(directory: pathlib.Path) -> tuple[str, int]:
     port = free_port()
-    run("-o", str(directory / "echo.tap"), "echo", "--port", str(port), "--interface",
-        "127.0.0.1", module="forkd.cli.mktap", check=True)
+    run(
+        "-o",
+        str(directory / "echo.tap"),
+        "echo",
+        "--port",
+        str(port),
+        "--interface",
+        "127.0.0.1",
+        module="forkd.cli.mktap",
+        check=True,
+    )
     return str(directory / "echo.tap"), port
 
 
@@ -54,9 +65,14 @@ def test_daemon_detaches_and_keeps_no_descriptor_of_its_caller(tmp_path: pathlib
     tap, port = echo_tap(tmp_path)
     read_end, write_end = os.pipe()
     try:
-        started = subprocess.run(forkd_command("start", tap, "-w", "1"), env=forkd_env(),
-                                 pass_fds=(write_end,), capture_output=True, text=True,
-                                 timeout=30)
+        started = subprocess.run(
+            forkd_command("start", tap, "-w", "1"),
+            env=forkd_env(),
+            pass_fds=(write_end,),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         os.close(write_end)
         assert started.returncode == 0, started.stderr
         pid = read_pid(str(tmp_path / "echo.pid"))
@@ -134,14 +150,20 @@ def test_notify_protocol_reload_from_elsewhere_and_ctrl_c(tmp_path: pathlib.Path
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(notify_path)
     env = dict(forkd_env(), NOTIFY_SOCKET=notify_path)
-    process = subprocess.Popen(forkd_command("start", "echo.tap", "-n", "-w", "1"), env=env,
-                               cwd=str(tmp_path), stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        forkd_command("start", "echo.tap", "-n", "-w", "1"),
+        env=env,
+        cwd=str(tmp_path),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         ready = datagrams(notify, b"READY=1")
         assert f"MAINPID={process.pid}".encode() in b"\n".join(ready)
         assert echo_once(port) == b"ping"
-        reloaded = run("-c", "../echo.ctl", "reload", cwd=str(elsewhere),
-                       module="forkd.cli.forkctl")
+        reloaded = run(
+            "-c", "../echo.ctl", "reload", cwd=str(elsewhere), module="forkd.cli.forkctl"
+        )
         assert reloaded.returncode == 0, reloaded.stderr
         after = datagrams(notify, b"READY=1")
         assert after[0].startswith(b"RELOADING=1\nMONOTONIC_USEC="), after
@@ -170,12 +192,14 @@ def test_a_stop_while_workers_boot_tells_the_waiting_start(tmp_path: pathlib.Pat
 
     tap = probetap.make_tap(str(tmp_path / "hang.tap"), free_port(), hang=True)
     env = forkd_env([str(pathlib.Path(__file__).resolve().parent)])
-    starting = subprocess.Popen(forkd_command("start", tap, "-w", "1"), env=env,
-                                stderr=subprocess.PIPE, text=True)
+    starting = subprocess.Popen(
+        forkd_command("start", tap, "-w", "1"), env=env, stderr=subprocess.PIPE, text=True
+    )
     try:
         pid = wait_for(lambda: read_pid(str(tmp_path / "hang.pid")), 20, message="pidfile")
-        stopped = subprocess.run(forkd_command("stop", tap, "--now"), env=env,
-                                 capture_output=True, text=True, timeout=30)
+        stopped = subprocess.run(
+            forkd_command("stop", tap, "--now"), env=env, capture_output=True, text=True, timeout=30
+        )
         assert stopped.returncode == 0 and f"pid {pid}" in stopped.stderr, stopped.stderr
         assert starting.wait(20) == 1
     finally:

@@ -57,8 +57,9 @@ def steady_fds(pid: int, readings: int = 5) -> list[str]:
     def steady() -> list[str] | None:
         seen.append(fd_targets(pid))
         recent = seen[-readings:]
-        return recent[0] if len(recent) == readings and all(r == recent[0] for r in recent) \
-            else None
+        return (
+            recent[0] if len(recent) == readings and all(r == recent[0] for r in recent) else None
+        )
 
     return list(wait_for(steady, message="a steady set of master descriptors"))
 
@@ -73,8 +74,9 @@ def fd_targets(pid: int) -> list[str]:
 
 
 def gone(pids: set[int]) -> bool:
-    return not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"
-                   for pid in pids)
+    return not any(
+        psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in pids
+    )
 
 
 def call_in_thread(ctl: str, command: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -128,8 +130,10 @@ def test_ten_hups_in_a_row_converge_on_one_generation(tmp_path: pathlib.Path) ->
         request(ctl, "reload", timeout=30)
         second = forkd.wait_workers(2, exclude=first)
         # the old generation reaped and the reload's client gone: nothing transient counted
-        wait_for(lambda: gone(first) and len(children(forkd.pid)) == 2,
-                 message="the first generation reaped")
+        wait_for(
+            lambda: gone(first) and len(children(forkd.pid)) == 2,
+            message="the first generation reaped",
+        )
         baseline_fds = steady_fds(forkd.pid)  # the reload's client socket closes lazily
         baseline = len(baseline_fds)
         for _ in range(10):
@@ -138,8 +142,9 @@ def test_ten_hups_in_a_row_converge_on_one_generation(tmp_path: pathlib.Path) ->
         # resets the handlers): passing wall time is the point of this loop
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and forkd.log().count("re-executing") < 4:
-            assert forkd.process is not None and forkd.process.poll() is None, \
+            assert forkd.process is not None and forkd.process.poll() is None, (
                 f"the master died: {forkd.log()[-2000:]}"
+            )
             forkd.signal(signal.SIGHUP)
             time.sleep(0.002)
         assert forkd.process is not None
@@ -152,8 +157,13 @@ def test_ten_hups_in_a_row_converge_on_one_generation(tmp_path: pathlib.Path) ->
                 return None
             generations = {w["generation"] for w in status["workers"]}
             workers = forkd.worker_pids()
-            if len(status["workers"]) == 2 and len(generations) == 1 and len(workers) == 2 \
-                    and not workers & second and not zombies(forkd.pid):
+            if (
+                len(status["workers"]) == 2
+                and len(generations) == 1
+                and len(workers) == 2
+                and not workers & second
+                and not zombies(forkd.pid)
+            ):
                 return status
             return None
 
@@ -163,8 +173,10 @@ def test_ten_hups_in_a_row_converge_on_one_generation(tmp_path: pathlib.Path) ->
         try:
             wait_for(lambda: fd_count(forkd.pid) == baseline, message="fd count")
         except AssertionError:
-            raise AssertionError(f"master fds: was {baseline_fds}, now "
-                                 f"{fd_targets(forkd.pid)}\n{forkd.log()[-3000:]}") from None
+            raise AssertionError(
+                f"master fds: was {baseline_fds}, now "
+                f"{fd_targets(forkd.pid)}\n{forkd.log()[-3000:]}"
+            ) from None
         assert len(os.listdir(f"/proc/{forkd.pid}/task")) == 1
         assert len(children(forkd.pid)) == 2
 
@@ -198,8 +210,10 @@ def test_stop_during_a_restart_rollout_answers_the_client_and_leaves_no_worker(
         # the new generation never gets ready: the rollout is still running at the stop
         request(ctl, "shell", {"source": "application.ports[0].factory.hang = True"})
         restart = call_in_thread(ctl, "restart")
-        wait_for(lambda: len(forkd.worker_pids()) == 4 or "error" in restart,
-                 message="new generation forked")
+        wait_for(
+            lambda: len(forkd.worker_pids()) == 4 or "error" in restart,
+            message="new generation forked",
+        )
         all_workers = forkd.worker_pids() | first
         stop = call_in_thread(ctl, "stop", {"graceful": True})
         stop["thread"].join(30)
@@ -231,8 +245,11 @@ def test_crash_loop_after_boot_backs_off_and_control_still_answers(
             return status if backoff["failures"] >= count else None
 
         for count in (2, 3, 4):
-            status = wait_for(lambda c=count: failures(c), timeout=15,
-                              message=f"{count} failures: {forkd.log()[-2000:]}")
+            status = wait_for(
+                lambda c=count: failures(c),
+                timeout=15,
+                message=f"{count} failures: {forkd.log()[-2000:]}",
+            )
             delays.append(status["backoff"]["next_spawn_in"])
             assert status["backoff"]["next_spawn_in"] <= 30.0
         assert request(ctl, "scale", {"spec": "1"}, timeout=5) is not None
@@ -258,8 +275,11 @@ def test_a_stuck_draining_worker_is_still_killed_after_a_second_reload(
         blocker.sendall(b"block\n")  # stuck for 120 s: only SIGKILL ends it
         request(ctl, "reload", timeout=30)  # `stuck` now drains, SIGKILL due in ~6 s
         request(ctl, "reload", timeout=30)  # the master re-executes while it drains
-        wait_for(lambda: gone({stuck}), timeout=20,
-                 message=f"the stuck worker killed: {forkd.log()[-2000:]}")
+        wait_for(
+            lambda: gone({stuck}),
+            timeout=20,
+            message=f"the stuck worker killed: {forkd.log()[-2000:]}",
+        )
         blocker.close()
         assert "did not exit: SIGKILL" in forkd.log()
         forkd.wait_workers(1)
@@ -281,7 +301,8 @@ def test_new_generation_silent_at_boot_rolls_the_restart_back(tmp_path: pathlib.
         def old_generation_only() -> bool:
             workers = request(ctl, "status", timeout=5)["workers"]
             return len(workers) == 2 and all(
-                w["generation"] == 1 and w["state"] == "ready" for w in workers)
+                w["generation"] == 1 and w["state"] == "ready" for w in workers
+            )
 
         wait_for(old_generation_only, timeout=15, message="the new generation gone")
         assert forkd.worker_pids() == first

@@ -23,15 +23,33 @@ pytestmark = pytest.mark.timeout(90)
 
 
 def run_forkd(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(forkd_command(*args), env=forkd_env([TESTS]), capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        forkd_command(*args),
+        env=forkd_env([TESTS]),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def echo_tap(directory: pathlib.Path, port: int) -> str:
     result = subprocess.run(
-        [*forkd_command()[:2], "forkd.cli.mktap", "-o", str(directory / "echo.tap"), "echo",
-         "--port", str(port), "--interface", "127.0.0.1"],
-        env=forkd_env(), capture_output=True, text=True, timeout=30, check=True,
+        [
+            *forkd_command()[:2],
+            "forkd.cli.mktap",
+            "-o",
+            str(directory / "echo.tap"),
+            "echo",
+            "--port",
+            str(port),
+            "--interface",
+            "127.0.0.1",
+        ],
+        env=forkd_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     )
     assert "wrote" in result.stderr
     return str(directory / "echo.tap")
@@ -232,8 +250,10 @@ def test_graceful_stop_under_load_loses_no_accepted_request(tmp_path: pathlib.Pa
         threads = [threading.Thread(target=client, args=(n,)) for n in range(20)]
         for thread in threads:
             thread.start()
-        wait_for(lambda: len(answered) == 20 and min(answered.values()) >= 10,
-                 message="every client served")
+        wait_for(
+            lambda: len(answered) == 20 and min(answered.values()) >= 10,
+            message="every client served",
+        )
         forkd.signal(signal.SIGTERM)
         for thread in threads:
             thread.join(30)
@@ -261,8 +281,10 @@ def test_master_has_one_thread_and_stable_fds_across_20_hups(tmp_path: pathlib.P
             if baseline is None:
                 baseline = wait_for(fds, message="fds")
             else:
-                wait_for(lambda expected=baseline: fds() == expected,
-                         message=f"fd count back to {baseline} after HUP {round_number + 1}")
+                wait_for(
+                    lambda expected=baseline: fds() == expected,
+                    message=f"fd count back to {baseline} after HUP {round_number + 1}",
+                )
             assert len(os.listdir(proc / "task")) == 1
         assert forkd.process.poll() is None
 

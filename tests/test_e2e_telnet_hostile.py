@@ -31,8 +31,9 @@ def site(tmp_path: pathlib.Path) -> Iterator[dict[str, Any]]:
     app = Application("app")
     app.addPort(TCPPort(free_port(), EchoFactory(), interface="127.0.0.1"))
     telnet = free_port()
-    app.addPort(TCPPort(telnet, ShellFactory("admin", hash_password(PASSWORD)),
-                        interface="127.0.0.1"))
+    app.addPort(
+        TCPPort(telnet, ShellFactory("admin", hash_password(PASSWORD)), interface="127.0.0.1")
+    )
     app.tapfile = str(tmp_path / "app.tap")
     app.save()
     with RunningForkd(app.tapfile, workers=1) as forkd:
@@ -75,8 +76,7 @@ def rss(pid: int) -> int:
     return int(psutil.Process(pid).memory_info().rss)
 
 
-def test_a_client_that_never_reads_a_huge_output_costs_bounded_memory(
-        site: dict[str, Any]) -> None:
+def test_a_client_that_never_reads_a_huge_output_costs_bounded_memory(site: dict[str, Any]) -> None:
     forkd = site["forkd"]
     before = rss(forkd.pid)
     sock = login(site["telnet"], rcvbuf=4096)
@@ -100,8 +100,7 @@ def test_idle_connections_never_lock_the_administrator_out(site: dict[str, Any])
         assert status_time(site["ctl"]) < 1.0
         with login(site["telnet"]) as admin:  # was: closed at once, every slot taken
             for _ in range(40):  # a flood while logged in does not evict the shell
-                socks.append(socket.create_connection(("127.0.0.1", site["telnet"]),
-                                                      timeout=5))
+                socks.append(socket.create_connection(("127.0.0.1", site["telnet"]), timeout=5))
             status_time(site["ctl"])
             admin.sendall(b"6 * 7\r\n")
             assert b"42" in read_until(admin, b"42")
@@ -163,12 +162,15 @@ def test_the_telnet_port_across_reload(site: dict[str, Any]) -> None:
 
 
 def test_no_statement_runs_after_the_connection_was_closed_for_not_reading(
-        site: dict[str, Any], tmp_path: pathlib.Path) -> None:
+    site: dict[str, Any], tmp_path: pathlib.Path
+) -> None:
     marker = tmp_path / "ran-after-close"
     sock = login(site["telnet"], rcvbuf=4096)
     with sock:
-        sock.sendall(b"print('x' * 200_000)\r\n" * 100  # 20 MB for a client that never reads
-                     + f"open({str(marker)!r}, 'w').close()\r\n".encode())
+        sock.sendall(
+            b"print('x' * 200_000)\r\n" * 100  # 20 MB for a client that never reads
+            + f"open({str(marker)!r}, 'w').close()\r\n".encode()
+        )
         wait_for(lambda: "peer does not read" in site["forkd"].log(), message="the abort")
         status_time(site["ctl"])  # the master has read and handled everything sent
         assert not marker.exists()

@@ -27,8 +27,13 @@ def free_udp_port() -> int:
 
 
 def forkctl(ctl: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "forkd.cli.forkctl", "-c", ctl, *args],
-                          env=forkd_env([TESTS]), capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "forkd.cli.forkctl", "-c", ctl, *args],
+        env=forkd_env([TESTS]),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_seed_style_udp_port_through_start_reload_and_append(tmp_path: pathlib.Path) -> None:

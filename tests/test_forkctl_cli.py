@@ -102,8 +102,9 @@ def test_append_and_remove_from_the_command_line(
     running: tuple[FakeMaster, str], capsys: Any
 ) -> None:
     master, path = running
-    assert forkctl.main(["-c", path, "append", "--no-save", "echo", "-p", "0",
-                         "-i", "127.0.0.1"]) == 0
+    assert (
+        forkctl.main(["-c", path, "append", "--no-save", "echo", "-p", "0", "-i", "127.0.0.1"]) == 0
+    )
     out = capsys.readouterr().out
     assert "serving <workers.echo.EchoFactory on 127.0.0.1:" in out
     assert "every worker serves it after" in out and "not saved" in out
@@ -137,13 +138,31 @@ def test_forkctl_as_a_process(running: tuple[FakeMaster, str], tmp_path: Any) ->
     socket found as the only *.ctl in the working directory."""
     env = dict(os.environ, PYTHONPATH=ROOT)
     env.pop("FORKD_CONTROL", None)
-    ok = subprocess.run([sys.executable, "-m", "forkd.cli.forkctl", "status"], cwd=tmp_path,
-                        env=env, capture_output=True, text=True, timeout=30)
+    ok = subprocess.run(
+        [sys.executable, "-m", "forkd.cli.forkctl", "status"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert ok.returncode == 0 and "WORKER" in ok.stdout, ok.stderr
-    bad = subprocess.run([sys.executable, "-m", "forkd.cli.forkctl", "scale", "lots"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
+    bad = subprocess.run(
+        [sys.executable, "-m", "forkd.cli.forkctl", "scale", "lots"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert bad.returncode == 1
     assert bad.stderr.strip() == "forkctl: bad worker count 'lots': give N, +N or -N"
-    usage = subprocess.run([sys.executable, "-m", "forkd.cli.forkctl", "frobnicate"],
-                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
+    usage = subprocess.run(
+        [sys.executable, "-m", "forkd.cli.forkctl", "frobnicate"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert usage.returncode == 2

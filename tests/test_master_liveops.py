@@ -25,8 +25,13 @@ pytestmark = [
 
 
 def forkctl(ctl: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "forkd.cli.forkctl", "-c", ctl, *args],
-                          env=forkd_env([TESTS]), capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "forkd.cli.forkctl", "-c", ctl, *args],
+        env=forkd_env([TESTS]),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_add_remove_restart_reload_scale(tmp_path: pathlib.Path) -> None:
@@ -120,8 +125,9 @@ def test_ports_do_not_change_in_the_middle_of_a_rollout(tmp_path: pathlib.Path) 
         thread.start()
         try:
             forkd.wait_workers(2)  # the new worker is booting, the old one serving
-            refused = forkctl(ctl, "append", "echo", "--port", str(extra),
-                              "--interface", "127.0.0.1")
+            refused = forkctl(
+                ctl, "append", "echo", "--port", str(extra), "--interface", "127.0.0.1"
+            )
             assert refused.returncode == 1
             assert "while a restart or reload is in progress" in refused.stderr
             assert refused.stderr.count("\n") == 1

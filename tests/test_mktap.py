@@ -13,7 +13,10 @@ from forkd import tapfile
 def mktap(cwd, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "forkd.cli.mktap", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=60,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -115,10 +118,18 @@ def test_seed_style_tap_module_from_a_dotted_path(tmp_path) -> None:
         "    f.who = config.who.upper() if config.loud else config.who\n"
         "    return [(int(config.port), f)]\n"
     )
-    env_cmd = [sys.executable, "-c",
-               "import sys; sys.path.insert(0, '.'); from forkd.cli.mktap import main; "
-               "sys.exit(main(sys.argv[1:]))",
-               "seedtap", "--port", "9011", "--shout", "-w", "twisted"]
+    env_cmd = [
+        sys.executable,
+        "-c",
+        "import sys; sys.path.insert(0, '.'); from forkd.cli.mktap import main; "
+        "sys.exit(main(sys.argv[1:]))",
+        "seedtap",
+        "--port",
+        "9011",
+        "--shout",
+        "-w",
+        "twisted",
+    ]
     done = subprocess.run(env_cmd, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     sys.path.insert(0, str(tmp_path))

@@ -160,7 +160,7 @@ def test_modern_protocol_gets_reason_and_ipv6_peer() -> None:
     except OSError:
         pytest.skip("no IPv6 on this machine")
     assert run(scenario()) == b"ABC"
-    (peer, host), = peers
+    ((peer, host),) = peers
     assert peer[0] == "INET6" and peer[1] == "::1" and isinstance(peer[2], int)
     assert host[0] == "INET6"
     assert factory.events == [("lost", "ConnectionDone")]

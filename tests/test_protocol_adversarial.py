@@ -212,9 +212,7 @@ def test_write_after_lose_connection_is_not_sent(kind: str) -> None:
 def test_write_sequence_mixed_buffers(kind: str) -> None:
     class Mixed(Protocol):
         def connectionMade(self) -> None:
-            self.transport.writeSequence(
-                [b"ab", bytearray(b"cd"), memoryview(b"xefx")[1:3], b""]
-            )
+            self.transport.writeSequence([b"ab", bytearray(b"cd"), memoryview(b"xefx")[1:3], b""])
             self.transport.loseConnection()
 
     async def scenario() -> bytes:

@@ -99,8 +99,9 @@ def test_remove_port_is_live_too(master: FakeMaster) -> None:
 
 def test_attribute_change_starts_a_rolling_restart_and_says_so(master: FakeMaster) -> None:
     shell = Shell(master)
-    output = run(shell, "import __main__",
-                 "__main__.application.ports[1].factory.resource.path = 'static'")
+    output = run(
+        shell, "import __main__", "__main__.application.ports[1].factory.resource.path = 'static'"
+    )
     assert master.changes == 1
     assert "rolling restart started" in output
     assert master.application.ports[1].factory.resource.path == "static"
@@ -150,9 +151,7 @@ def test_exit_does_not_stop_the_master(master: FakeMaster) -> None:
 
 
 @pytest.mark.parametrize("statement", ["while True: pass\n", "import time; time.sleep(600)"])
-def test_a_statement_that_runs_too_long_is_interrupted(
-    master: FakeMaster, statement: str
-) -> None:
+def test_a_statement_that_runs_too_long_is_interrupted(master: FakeMaster, statement: str) -> None:
     alarm_before = signal.getsignal(signal.SIGALRM)
     shell = Shell(master)
     shell.timeout = 0.2
@@ -208,18 +207,20 @@ def test_seed_session_over_forkctl_shell(master: FakeMaster, tmp_path: Any) -> N
     """The same session as the seed's, typed into `forkctl shell` over the control socket."""
     control = ControlServer(master, str(tmp_path / "app.ctl"))
     control.listen()
-    lines = iter([
-        "import __main__",
-        "__main__.application.ports",
-        "from workers.echo import EchoFactory",
-        "__main__.application.listenTCP(0, EchoFactory(), interface='127.0.0.1')",
-        "__main__.application.ports[1].factory.resource.path = 'static'",
-        "if True:",
-        "    print('multi', 'line')",
-        "",
-        "1/0",
-        "__main__.application.save('known-good')",
-    ])
+    lines = iter(
+        [
+            "import __main__",
+            "__main__.application.ports",
+            "from workers.echo import EchoFactory",
+            "__main__.application.listenTCP(0, EchoFactory(), interface='127.0.0.1')",
+            "__main__.application.ports[1].factory.resource.path = 'static'",
+            "if True:",
+            "    print('multi', 'line')",
+            "",
+            "1/0",
+            "__main__.application.save('known-good')",
+        ]
+    )
     prompts: list[str] = []
 
     def read(prompt: str) -> str:

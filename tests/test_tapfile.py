@@ -129,11 +129,13 @@ def test_truncated_at_every_length_is_refused_cleanly(tmp_path) -> None:
 
 def test_module_that_no_longer_imports(tmp_path, monkeypatch) -> None:
     module = tmp_path / "vanishing_tap.py"
-    module.write_text(textwrap.dedent("""
+    module.write_text(
+        textwrap.dedent("""
         from forkd.protocol import Factory
         class Gone(Factory):
             pass
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     import vanishing_tap  # noqa: PLC0415
 
@@ -210,8 +212,8 @@ def test_unix_port_replaces_a_stale_socket_but_not_a_live_one(tmp_path) -> None:
     [
         b"cos\nsystem\n(S'touch {marker}'\ntR.",  # the classic
         b"cposix\nsystem\n(S'touch {marker}'\ntR.",
-        b"c__builtin__\neval\n(S'open(\"{marker}\", \"w\")'\ntR.",
-        b"cbuiltins\nexec\n(S'open(\"{marker}\", \"w\")'\ntR.",
+        b'c__builtin__\neval\n(S\'open("{marker}", "w")\'\ntR.',
+        b'cbuiltins\nexec\n(S\'open("{marker}", "w")\'\ntR.',
         b"csubprocess\ncall\n((S'touch'\nS'{marker}'\nltR.",
     ],
 )

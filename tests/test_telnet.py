@@ -45,11 +45,12 @@ def test_unreadable_password_file(tmp_path: Any) -> None:
 def test_tap_stores_only_a_salted_hash_and_binds_loopback(tmp_path: Any) -> None:
     (tmp_path / "pw").write_text("s3cret-pass\n")
     config = telnet.Options()
-    config.parseOptions(["--port", "0", "--username", "root", "--password-file",
-                         str(tmp_path / "pw")])
+    config.parseOptions(
+        ["--port", "0", "--username", "root", "--password-file", str(tmp_path / "pw")]
+    )
     app = Application("app")
     ports = telnet.getPorts(app, config)
-    (port, factory), = ports
+    ((port, factory),) = ports
     assert port.interface == "127.0.0.1"
     assert factory.servedByMaster is True
     assert factory.username == "root"
@@ -66,8 +67,10 @@ def test_mktap_append_telnet(tmp_path: Any, monkeypatch: Any) -> None:
     monkeypatch.chdir(tmp_path)
     assert mktap.main(["echo", "--port", "0"]) == 0
     (tmp_path / "pw").write_text("correct-horse-battery\n")
-    assert mktap.main(["--append", "echo.tap", "telnet", "--port", "4040",
-                       "--password-file", "pw"]) == 0
+    assert (
+        mktap.main(["--append", "echo.tap", "telnet", "--port", "4040", "--password-file", "pw"])
+        == 0
+    )
     app = tapfile.load(str(tmp_path / "echo.tap"))
     assert [p.key for p in app.ports][1] == "tcp:127.0.0.1:4040"
     data = (tmp_path / "echo.tap").read_bytes()
@@ -270,9 +273,7 @@ def test_wrong_password_over_a_real_socket(served: tuple[FakeMaster, int]) -> No
     client.sock.close()
 
 
-def test_control_server_serves_and_unserves_master_ports(
-    master: FakeMaster, tmp_path: Any
-) -> None:
+def test_control_server_serves_and_unserves_master_ports(master: FakeMaster, tmp_path: Any) -> None:
     """What the real master calls: control.serve_port / unserve_port / client_fds."""
     control = ControlServer(master, str(tmp_path / "c.ctl"))
     control.listen()

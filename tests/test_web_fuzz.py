@@ -40,7 +40,32 @@ class Any_(Resource):
     render_PUT = render_POST
 
 
+class Errors(logging.Handler):
+    """Collects the error records forkd.web logs: the channel turns an exception raised in
+    its own parser callbacks into a 400 *and* an error log line, so a 400 alone would hide
+    a bug in forkd; the log line is what this fuzz's oracle fails on."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 def feed(data: bytes, cuts: list[int]) -> StringTransport:
+    errors = Errors()
+    logger = logging.getLogger("forkd.web")
+    logger.addHandler(errors)
+    try:
+        transport = feed_site(data, cuts)
+    finally:
+        logger.removeHandler(errors)
+    assert not errors.records, [r.getMessage() for r in errors.records]
+    return transport
+
+
+def feed_site(data: bytes, cuts: list[int]) -> StringTransport:
     site = server.Site(Any_())
     site.clock = Clock()
     site.maxHeaderSize = 512

@@ -74,7 +74,10 @@ class KeepAliveLoad:
 def forkctl(ctl: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "forkd.cli.forkctl", "-c", ctl, *args],
-        env=forkd_env(), capture_output=True, text=True, timeout=60,
+        env=forkd_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -97,10 +100,15 @@ def test_keep_alive_clients_lose_nothing_across_reloads_and_restarts(
                 assert done.returncode == 0, done.stderr + forkd.log()[-3000:]
                 workers = forkd.wait_workers(2, exclude=workers, timeout=30)
                 # every client was moved to the new generation by a Connection: close
-                wait_for(lambda b=before: load.reconnects >= b + 8, timeout=30,
-                         message="clients told to reconnect")
+                wait_for(
+                    lambda b=before: load.reconnects >= b + 8,
+                    timeout=30,
+                    message="clients told to reconnect",
+                )
             served = load.ok
             wait_for(lambda: load.ok > served + 200, message="load after the last restart")
         assert load.errors == [], (load.errors[:5], forkd.log()[-6000:])
-        print(f"\nkeep-alive load across 3 reloads + 3 restarts: {load.ok} requests, "
-              f"{load.reconnects} graceful reconnects, {len(load.errors)} failed")
+        print(
+            f"\nkeep-alive load across 3 reloads + 3 restarts: {load.ok} requests, "
+            f"{load.reconnects} graceful reconnects, {len(load.errors)} failed"
+        )

@@ -37,7 +37,6 @@ class Options(usage.Options):
     optStrings = [["port", "p", "8013"]]
     optFlags = [["utc", "u"]]
 
-
     def opt_quiet(self):
         """Accepted for compatibility; daytime says nothing but the time anyway."""
         self.quiet = 1

@@ -1,6 +1,6 @@
 """The echo tap: a TCP server that sends back whatever it receives (RFC 862).
 
-    mktap echo --port 8007 && forkd start echo.tap
+mktap echo --port 8007 && forkd start echo.tap
 """
 
 from __future__ import annotations

@@ -64,7 +64,11 @@ def verify_password(password: str, stored: str) -> bool:
         if scheme != "scrypt":
             return False
         digest = hashlib.scrypt(
-            password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p),
+            password.encode(),
+            salt=bytes.fromhex(salt),
+            n=int(n),
+            r=int(r),
+            p=int(p),
             dklen=len(bytes.fromhex(expected)),
         )
         return hmac.compare_digest(digest, bytes.fromhex(expected))
@@ -160,15 +164,17 @@ class TelnetShell(Protocol):
         factory = self.factory
         now = time.monotonic()
         if factory.lockedOut(now):
-            log.warning("telnet: login from %s refused: too many failed logins",
-                        self.transport.getPeer())
+            log.warning(
+                "telnet: login from %s refused: too many failed logins", self.transport.getPeer()
+            )
             self._close(b"too many failed logins; try again later\r\n")
             return
         name_ok = hmac.compare_digest(self.username.encode(), factory.username.encode())
         password_ok = verify_password(password, factory.passwordHash)  # always computed
         if not (name_ok and password_ok):
-            log.warning("telnet: failed login as %r from %s", self.username[:64],
-                        self.transport.getPeer())
+            log.warning(
+                "telnet: failed login as %r from %s", self.username[:64], self.transport.getPeer()
+            )
             factory.loginFailed(now)
             self._close(b"login incorrect\r\n")
             return
@@ -177,9 +183,7 @@ class TelnetShell(Protocol):
         log.info("telnet: %s logged in from %s", self.username, self.transport.getPeer())
         self.shell = Shell(self.master)
         self.state = "shell"
-        self.transport.write(
-            b"`application` is the running application; Ctrl-D leaves.\r\n>>> "
-        )
+        self.transport.write(b"`application` is the running application; Ctrl-D leaves.\r\n>>> ")
 
     def _statement(self, line: str) -> None:
         if line == "\x04" and not self.statement:
@@ -235,8 +239,12 @@ class Options(usage.Options):
         ["port", "p", 4040, "TCP port to listen on.", usage.portCoerce],
         ["interface", "i", "127.0.0.1", "Address to listen on (loopback by default)."],
         ["username", "u", "admin", "The login name."],
-        ["password", "w", None,
-         "The password (--password-file is safer: command lines are visible in ps)."],
+        [
+            "password",
+            "w",
+            None,
+            "The password (--password-file is safer: command lines are visible in ps).",
+        ],
         ["password-file", None, None, "Read the password from the first line of this file."],
     ]
 

@@ -35,12 +35,18 @@ def parser() -> argparse.ArgumentParser:
         epilog="Without -c: $FORKD_CONTROL, else the only *.ctl file in this directory.",
     )
     p.add_argument("-c", "--control", metavar="CTL", help="the master's control socket")
-    p.add_argument("--timeout", type=positive_seconds, metavar="SECONDS",
-                   help="give up waiting for the answer after SECONDS")
+    p.add_argument(
+        "--timeout",
+        type=positive_seconds,
+        metavar="SECONDS",
+        help="give up waiting for the answer after SECONDS",
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module in COMMANDS.items():
         command = sub.add_parser(
-            name, help=summary(module), description=module.__doc__,
+            name,
+            help=summary(module),
+            description=module.__doc__,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.add_arguments(command)

@@ -47,20 +47,40 @@ def parser() -> argparse.ArgumentParser:
     start = commands.add_parser("start", help="start serving FILE.tap")
     start.add_argument("tap", metavar="FILE.tap")
     start.add_argument("-n", "--nodaemon", action="store_true", help="stay in the foreground")
-    start.add_argument("-l", "--logfile", metavar="LOG", help="log file, or - for stderr "
-                       "(default: stderr with -n, else <base>.log beside the tap)")
-    start.add_argument("-w", "--workers", type=worker_count, default=None,
-                       help="worker processes (default: the number of CPUs)")
+    start.add_argument(
+        "-l",
+        "--logfile",
+        metavar="LOG",
+        help="log file, or - for stderr (default: stderr with -n, else <base>.log beside the tap)",
+    )
+    start.add_argument(
+        "-w",
+        "--workers",
+        type=worker_count,
+        default=None,
+        help="worker processes (default: the number of CPUs)",
+    )
     start.add_argument("--pidfile", metavar="P", help="default <base>.pid beside the tap")
     start.add_argument("--control", metavar="P", help="control socket, default <base>.ctl")
     start.add_argument("-u", "--uid", metavar="USER", help="run as USER (default: the tap's)")
     start.add_argument("-g", "--gid", metavar="GROUP", help="run as GROUP (default: the tap's)")
-    start.add_argument("--graceful-timeout", type=positive_seconds, default=30.0, metavar="S",
-                       help="seconds a stopping worker may take to finish (default 30)")
-    start.add_argument("--timeout", type=positive_seconds, default=30.0, metavar="S",
-                       help="kill a worker silent this long (default 30)")
-    start.add_argument("--no-save", action="store_true",
-                       help="do not write <base>-shutdown.tap on stop")
+    start.add_argument(
+        "--graceful-timeout",
+        type=positive_seconds,
+        default=30.0,
+        metavar="S",
+        help="seconds a stopping worker may take to finish (default 30)",
+    )
+    start.add_argument(
+        "--timeout",
+        type=positive_seconds,
+        default=30.0,
+        metavar="S",
+        help="kill a worker silent this long (default 30)",
+    )
+    start.add_argument(
+        "--no-save", action="store_true", help="do not write <base>-shutdown.tap on stop"
+    )
     stop = commands.add_parser("stop", help="stop the server of FILE.tap")
     stop.add_argument("tap", metavar="FILE.tap")
     stop.add_argument("--now", action="store_true", help="fast stop: do not drain")
@@ -71,8 +91,9 @@ def parser() -> argparse.ArgumentParser:
     status.add_argument("--control", metavar="P")
     status.add_argument("--json", action="store_true")
     check = commands.add_parser(
-        "check", help="check FILE.tap without serving it (like nginx -t): "
-        "it loads, its modules import, its ports pickle"
+        "check",
+        help="check FILE.tap without serving it (like nginx -t): "
+        "it loads, its modules import, its ports pickle",
     )
     check.add_argument("tap", metavar="FILE.tap")
     return p
@@ -114,6 +135,7 @@ def start(args: argparse.Namespace, argv: list[str]) -> int:
         log_target = "-" if args.nodaemon else beside(tap, ".log")
 
     readiness = daemon.Readiness() if args.nodaemon else daemon.daemonize()
+
     # -- from here on, in the daemon when daemonized: report failures through readiness
     def fail(reason: str) -> int:
         readiness.failed(reason)
@@ -147,8 +169,7 @@ def start(args: argparse.Namespace, argv: list[str]) -> int:
         master.bind_ports()
         master.start_control()
         privileges.drop(uid, gid)
-    except (PortError, ControlSocketError, privileges.PrivilegeError, OSError,
-            ValueError) as error:
+    except (PortError, ControlSocketError, privileges.PrivilegeError, OSError, ValueError) as error:
         pidfile.release()
         return fail(str(error))
     code = master.run()
@@ -195,8 +216,7 @@ def refuse_foreign(pid: int, pid_path: str) -> None:
         return
     if "forkd" not in command:
         raise Failure(
-            f"{pid_path} names pid {pid}, which is not forkd ({command[:60]}); "
-            "not signalling it"
+            f"{pid_path} names pid {pid}, which is not forkd ({command[:60]}); not signalling it"
         )
 
 
@@ -220,8 +240,9 @@ def status(args: argparse.Namespace) -> int:
     pid = master_pid(args)
     tap = os.path.abspath(args.tap)
     try:
-        result = request(os.path.abspath(args.control or beside(tap, ".ctl")), "status",
-                         timeout=5.0)
+        result = request(
+            os.path.abspath(args.control or beside(tap, ".ctl")), "status", timeout=5.0
+        )
     except (ControlError, OSError):
         import psutil
 

@@ -22,7 +22,16 @@ from forkd.control import CommandError, Handler
 from . import append, reload, remove, reopen, restart, save, scale, shell, status, stop
 
 MODULES: tuple[ModuleType, ...] = (
-    status, append, remove, restart, reload, save, scale, reopen, stop, shell,
+    status,
+    append,
+    remove,
+    restart,
+    reload,
+    save,
+    scale,
+    reopen,
+    stop,
+    shell,
 )
 COMMANDS: dict[str, ModuleType] = {module.name: module for module in MODULES}
 

@@ -35,15 +35,19 @@ timeout = 120.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--no-save", action="store_true",
-                        help="do not write the new ports into the tap file")
+    parser.add_argument(
+        "--no-save", action="store_true", help="do not write the new ports into the tap file"
+    )
     parser.add_argument("name", help="the tap module (mktap --list)")
     parser.add_argument("options", nargs=argparse.REMAINDER, help="the tap module's options")
 
 
 def request_args(namespace: argparse.Namespace) -> dict[str, Any]:
-    return {"name": namespace.name, "options": list(namespace.options),
-            "save": not namespace.no_save}
+    return {
+        "name": namespace.name,
+        "options": list(namespace.options),
+        "save": not namespace.no_save,
+    }
 
 
 def build_ports(module_name: str, options: list[str]) -> tuple[list[Any], str | None]:
@@ -114,11 +118,14 @@ def execute(master: Any, args: dict[str, Any], reply: Reply) -> None:
             except (TapError, OSError) as error:
                 reply(f"the new ports serve, but saving them to the tap failed: {error}", None)
                 return
-        reply(None, {
-            "ports": [{"key": port_key(port), "repr": repr(port)} for port in added],
-            "saved": saved,
-            "seconds": round(time.monotonic() - started, 6),
-        })
+        reply(
+            None,
+            {
+                "ports": [{"key": port_key(port), "repr": repr(port)} for port in added],
+                "saved": saved,
+                "seconds": round(time.monotonic() - started, 6),
+            },
+        )
 
     gather = _args.Gather(finish)
     for port in ports:
@@ -146,6 +153,9 @@ def render(result: dict[str, Any], namespace: argparse.Namespace) -> str:
     seconds = result.get("seconds")
     if isinstance(seconds, (int, float)):
         lines.append(f"every worker serves it after {seconds * 1000:.1f} ms")
-    lines.append(f"saved to {result['saved']}" if result.get("saved")
-                 else "not saved: the change lasts until the next reload")
+    lines.append(
+        f"saved to {result['saved']}"
+        if result.get("saved")
+        else "not saved: the change lasts until the next reload"
+    )
     return "\n".join(lines)

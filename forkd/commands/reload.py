@@ -24,8 +24,9 @@ timeout = 300.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--discard", action="store_true",
-                        help="reload even though unsaved shell edits will be lost")
+    parser.add_argument(
+        "--discard", action="store_true", help="reload even though unsaved shell edits will be lost"
+    )
 
 
 def request_args(namespace: argparse.Namespace) -> dict[str, Any]:

@@ -25,8 +25,9 @@ timeout = 120.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--no-save", action="store_true",
-                        help="do not remove the port from the tap file")
+    parser.add_argument(
+        "--no-save", action="store_true", help="do not remove the port from the tap file"
+    )
     parser.add_argument("address", metavar="ADDR", help="tcp:PORT, a port number, or a path")
 
 

@@ -108,9 +108,11 @@ def interact(
                 connection.close()
                 connection = Connection(path, timeout=timeout)
                 buffer = []
-                out.write("# forkd closed the connection (a reload re-executes the master)"
-                          " before running that statement: new shell session, earlier "
-                          "names are gone; enter it again\n")
+                out.write(
+                    "# forkd closed the connection (a reload re-executes the master)"
+                    " before running that statement: new shell session, earlier "
+                    "names are gone; enter it again\n"
+                )
                 continue
             if not result.get("more"):
                 buffer = []

@@ -81,8 +81,10 @@ def rss_of(worker: dict[str, Any]) -> Any:
 
 def columns(rows: list[list[str]]) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-            for row in rows]
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
 
 
 def table(status: dict[str, Any]) -> str:
@@ -104,9 +106,13 @@ def table(status: dict[str, Any]) -> str:
     lines.append("")
     rows = [["WORKER", "PID", "GEN", "STATE", "CONNS", "REQUESTS", "RSS", "UP"]]
     for worker in workers:
-        rows.append([str(worker.get(key, "-")) for key in (
-            "number", "pid", "generation", "state", "connections", "requests")]
-            + [size(rss_of(worker)), duration(_age(worker, status))])
+        rows.append(
+            [
+                str(worker.get(key, "-"))
+                for key in ("number", "pid", "generation", "state", "connections", "requests")
+            ]
+            + [size(rss_of(worker)), duration(_age(worker, status))]
+        )
     lines += columns(rows)
     lines.append("")
     port_rows = [["PORT", "FACTORY"]]
@@ -119,7 +125,10 @@ def table(status: dict[str, Any]) -> str:
 def _age(worker: dict[str, Any], status: dict[str, Any]) -> Any:
     started, master_started = worker.get("started"), status.get("started")
     uptime = status.get("uptime")
-    if not (isinstance(started, (int, float)) and isinstance(master_started, (int, float))
-            and isinstance(uptime, (int, float))):
+    if not (
+        isinstance(started, (int, float))
+        and isinstance(master_started, (int, float))
+        and isinstance(uptime, (int, float))
+    ):
         return None
     return master_started + uptime - started

@@ -22,8 +22,11 @@ timeout = 10.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--now", action="store_true",
-                        help="fast stop: do not wait for in-flight requests (like SIGQUIT)")
+    parser.add_argument(
+        "--now",
+        action="store_true",
+        help="fast stop: do not wait for in-flight requests (like SIGQUIT)",
+    )
 
 
 def request_args(namespace: argparse.Namespace) -> dict[str, Any]:
