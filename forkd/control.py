@@ -240,14 +240,6 @@ class ControlServer:
         with contextlib.suppress(Exception):
             port.stopListening()
 
-    def client_fds(self) -> list[int]:
-        """Every connection's fd (control clients, master-served ports): a new worker
-        closes them, since they belong to the master alone."""
-        fds = [client.sock.fileno() for client in self.clients]
-        for server in self.master_ports.values():
-            fds.extend(connection.sock.fileno() for connection in server.connections)
-        return [fd for fd in fds if fd >= 0]
-
     def reexec_state(self) -> dict[str, Any]:
         """Before a re-exec: detach every request still waiting for its answer (the reload
         itself among them). JSON-able; `fds` lists the descriptors to keep open."""

@@ -274,7 +274,7 @@ def test_wrong_password_over_a_real_socket(served: tuple[FakeMaster, int]) -> No
 
 
 def test_control_server_serves_and_unserves_master_ports(master: FakeMaster, tmp_path: Any) -> None:
-    """What the real master calls: control.serve_port / unserve_port / client_fds."""
+    """What the real master calls: control.serve_port / unserve_port."""
     control = ControlServer(master, str(tmp_path / "c.ctl"))
     control.listen()
     port = TCPPort(0, make_factory("pw"), interface="127.0.0.1")
@@ -283,7 +283,6 @@ def test_control_server_serves_and_unserves_master_ports(master: FakeMaster, tmp
     server = control.master_ports[port.key]
     sock = socket.create_connection(("127.0.0.1", port.port), timeout=5)
     master.run_until(lambda: len(server.connections) == 1)
-    assert len(control.client_fds()) == 1
     control.unserve_port(port)
     assert port.socket is None and control.master_ports == {}
     received = b""

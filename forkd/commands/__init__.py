@@ -36,16 +36,12 @@ MODULES: tuple[ModuleType, ...] = (
 COMMANDS: dict[str, ModuleType] = {module.name: module for module in MODULES}
 
 
-__all__ = ["COMMANDS", "CommandError", "get", "server_handlers", "summary"]
+__all__ = ["COMMANDS", "CommandError", "server_handlers", "summary"]
 
 
 def server_handlers() -> dict[str, Handler]:
     """The server halves by name: what the ControlServer dispatches to."""
     return {name: module.execute for name, module in COMMANDS.items()}
-
-
-def get(name: str) -> ModuleType:
-    return COMMANDS[name]
 
 
 def summary(module: ModuleType) -> str:
