@@ -225,18 +225,28 @@ class Master(ChangesMixin):
                 self.application.save("shutdown")  # logged by applicationSaved
             except Exception as error:
                 log.error("cannot save the shutdown tap: %s", error)
+        # one guard per step, each logged: a port that fails to unserve must still close,
+        # and nothing here may keep the pidfile from being released
         for port in self.application.ports:
-            with contextlib.suppress(Exception):
-                self.unserve_in_master(port)
-                port.stopListening()
+            self._cleanup(
+                f"stop serving {port_key(port)} in the master", self.unserve_in_master, port
+            )
+            self._cleanup(f"close {port_key(port)}", port.stopListening)
         self.close_retired_ports()
         if self.control is not None:
-            with contextlib.suppress(Exception):
-                self.control.close()
+            self._cleanup("close the control socket", self.control.close)
         if self.pidfile is not None:
             self.pidfile.release()
         self.loop.close()
         log.info("master stopped%s", f": {self.stop_reason}" if self.stop_reason else "")
+
+    @staticmethod
+    def _cleanup(what: str, step: Any, *args: Any) -> None:
+        """Run one shutdown step; a failure is logged with its context, never raised."""
+        try:
+            step(*args)
+        except Exception:
+            log.exception("shutdown: cannot %s", what)
 
     # -- signals --------------------------------------------------------------------------
     def dispatch_signals(self) -> None:
