@@ -12,10 +12,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from forkd.usage import Options
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -70,7 +67,7 @@ def _is_flag_method(method: Callable[..., Any], name: str) -> bool:
 class OptionTable:
     """Every option of one Options instance, indexed by long and short name."""
 
-    def __init__(self, options: Options) -> None:
+    def __init__(self, options: object) -> None:
         self.by_long: dict[str, OptionSpec] = {}
         self.by_short: dict[str, OptionSpec] = {}
         declared: dict[str, OptionSpec] = {}
@@ -104,7 +101,7 @@ class OptionTable:
             raise ValueError("An option cannot be without a name.")
         return long
 
-    def _add_methods(self, options: Options, declared: dict[str, OptionSpec]) -> None:
+    def _add_methods(self, options: object, declared: dict[str, OptionSpec]) -> None:
         """Turn opt_* methods into options, one per function however many aliases it has."""
         aliases: dict[Any, list[str]] = {}
         for attr in dir(type(options)):

@@ -24,7 +24,7 @@ import os
 import pickle
 import stat
 import tempfile
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from forkd import __version__
 
@@ -223,6 +223,18 @@ class _TapUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+@runtime_checkable
+class SavedApplication(Protocol):
+    """What a tap file holds: a `forkd.app.Application`, checked by its shape so that this
+    module (which `forkd.app` uses to save) does not import it back."""
+
+    name: str
+    ports: list[Any]
+    tapfile: str | None
+
+    def save(self, tag: str | None = None) -> str: ...
+
+
 def loads(data: bytes, path: str = "<tap>") -> Any:
     """Unpickle an Application from tap bytes, with one-line errors for every failure."""
     newline = data.find(b"\n", 0, MAX_HEADER)
@@ -251,9 +263,7 @@ def loads(data: bytes, path: str = "<tap>") -> Any:
         raise TapError(f"{path}: truncated or corrupt tap file ({error})") from error
     except Exception as error:
         raise TapError(f"{path}: loading failed: {type(error).__name__}: {error}") from error
-    from forkd.app import Application
-
-    if not isinstance(application, Application):
+    if not isinstance(application, SavedApplication):
         raise TapError(f"{path}: holds a {type(application).__name__}, not an Application")
     return application
 

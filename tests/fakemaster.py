@@ -1,10 +1,10 @@
 """A FakeMaster for control-plane tests: the master API of docs/INTERNALS.md, no workers.
 
-It has a real `selectors` loop (`add_reader`/`remove_reader`, optionally `add_writer`/
-`remove_writer`, `call_later`) that a test steps (`step`, `run_until`) or runs in a thread
+It has a real `selectors` loop (`add_reader`/`remove_reader`, `add_writer`/`remove_writer`,
+`call_later`) that a test steps (`step`, `run_until`) or runs in a thread
 (`running()`), so a blocking client can talk to a ControlServer in the same process. Every
 master call is recorded in `calls` as `(name, detail)`. Ports are really bound; nothing
-serves them except master-served ports (forkd.masterports), as in the real master.
+serves them except master-served ports (forkd.control.masterports), as in the real master.
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from forkd.control.masterports import MasterPorts
 from forkd.ports import port_key
 from forkd.testing import DelayedCall as Timer
 
 
 class FakeMaster:
-    def __init__(self, application: Any = None, with_writer: bool = True) -> None:
+    def __init__(self, application: Any = None) -> None:
         self.selector = selectors.DefaultSelector()
         self._callbacks: dict[int, dict[int, Callable[[], None]]] = {}
         self._fds: dict[int, int] = {}  # id(fileobj) -> fd, so a closed socket can be removed
@@ -42,11 +43,8 @@ class FakeMaster:
         self.hold = False  # keep `done` callbacks in `held` instead of answering at once
         self.held: list[Callable[..., Any]] = []
         self.fail_reload: str | None = None
-        self.master_servers: dict[str, Any] = {}
+        self.master_ports = MasterPorts(self)
         self.loop_errors: list[BaseException] = []
-        if not with_writer:
-            self.add_writer = None  # type: ignore[assignment]
-            self.remove_writer = None  # type: ignore[assignment]
 
     # -- the loop ---------------------------------------------------------------------------
     def _register(self, fileobj: Any, event: int, callback: Callable[[], None]) -> None:
@@ -197,16 +195,12 @@ class FakeMaster:
         self.calls.append(("add_port", port))
         port.startListening()  # raises PortError, as the real master does
         if getattr(port.factory, "servedByMaster", False):
-            from forkd import masterports
-
-            self.master_servers[port_key(port)] = masterports.serve(self, port)
+            self.master_ports.serve(port)
         self._answer(done, None, {"key": port_key(port)})
 
     def remove_port(self, port: Any, done: Callable[..., Any] | None) -> None:
         self.calls.append(("remove_port", port))
-        server = self.master_servers.pop(port_key(port), None)
-        if server is not None:
-            server.stop()
+        self.master_ports.unserve(port)
         port.stopListening()
         self._answer(done, None, {"key": port_key(port)})
 

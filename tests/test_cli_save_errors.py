@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from forkd.app import Application
-from forkd.commands import save
-from forkd.control import CommandError
+from forkd.control.commands import save
+from forkd.control.reply import CommandError
 from forkd.protocol import Factory
 
 

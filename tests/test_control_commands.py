@@ -1,4 +1,4 @@
-"""Each control command's server half (forkd.commands) over a real control socket, against a
+"""Each control command's server half (forkd.control.commands) over a real control socket, against a
 FakeMaster, and its client half's rendering."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from fakemaster import FakeMaster
 
 from forkd import tapfile
 from forkd.app import Application
-from forkd.commands import COMMANDS, server_handlers
-from forkd.commands import status as status_command
-from forkd.control import ControlServer
-from forkd.control_client import Connection, ControlError
+from forkd.control.client import Connection, ControlError
+from forkd.control.commands import COMMANDS, server_handlers
+from forkd.control.commands import status as status_command
+from forkd.control.server import ControlServer
 from forkd.ports import port_key
 from forkd.testing import wait_for
 from workers.echo import EchoFactory
@@ -123,7 +123,7 @@ def test_append_answers_only_when_every_worker_serves(master: FakeMaster, tmp_pa
     master.hold = True
     sock = socket.socket(socket.AF_UNIX)
     sock.connect(control.path)
-    from forkd.control import encode
+    from forkd.control.server import encode
 
     sock.sendall(
         encode(

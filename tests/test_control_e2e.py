@@ -20,9 +20,9 @@ import pytest
 
 from forkd import tapfile
 from forkd.app import Application
-from forkd.commands import shell as shell_command
-from forkd.control import HEADER, encode
-from forkd.control_client import request
+from forkd.cli import shell_client
+from forkd.control.client import request
+from forkd.control.server import HEADER, encode
 from forkd.testing import RunningForkd, forkd_env, free_port, wait_for
 
 PIDTAP = '''
@@ -311,7 +311,7 @@ def test_seed_session_over_forkctl_shell_and_telnet(site: dict[str, Any]) -> Non
                 raise EOFError from None
 
         out = io.StringIO()
-        assert shell_command.interact(site["ctl"], read=read, out=out, timeout=30) == 0
+        assert shell_client.interact(site["ctl"], read=read, out=out, timeout=30) == 0
         assert "rolling restart started" in out.getvalue(), out.getvalue()
         with socket.create_connection(("127.0.0.1", echo_port), timeout=5) as sock:
             sock.sendall(b"ping")

@@ -15,8 +15,8 @@ import probetap
 import pytest
 
 from forkd import tapfile
-from forkd.commands import shell as shell_command
-from forkd.control_client import Connection, request
+from forkd.cli import shell_client
+from forkd.control.client import Connection, request
 from forkd.testing import RunningForkd, forkd_command, forkd_env, free_port, wait_for
 
 TESTS = str(pathlib.Path(__file__).resolve().parent)
@@ -180,7 +180,7 @@ def test_shell_session_survives_restart_and_reload(tmp_path: pathlib.Path) -> No
                 return "x + 1"
             return line
 
-        assert shell_command.interact(ctl, read=read, out=out, timeout=30) == 0
+        assert shell_client.interact(ctl, read=read, out=out, timeout=30) == 0
         text = out.getvalue()
         assert "42" in text  # the session outlived the restart
         assert "new shell session" in text and "Traceback" not in text

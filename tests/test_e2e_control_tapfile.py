@@ -12,7 +12,7 @@ import probetap
 import pytest
 
 from forkd import tapfile
-from forkd.control_client import request
+from forkd.control.client import request
 from forkd.testing import RunningForkd, forkd_env, free_port
 
 TESTS = str(pathlib.Path(__file__).resolve().parent)

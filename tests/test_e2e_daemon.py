@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from forkd import pidfile as pidfile_module
-from forkd.pidfile import PidFile, read_pid
+from forkd.supervisor import pidfile as pidfile_module
+from forkd.supervisor.pidfile import PidFile, read_pid
 from forkd.testing import forkd_command, forkd_env, free_port, wait_for
 
 pytestmark = pytest.mark.timeout(60)

@@ -21,7 +21,7 @@ import probetap
 import psutil
 import pytest
 
-from forkd.control_client import ControlError, request
+from forkd.control.client import ControlError, request
 from forkd.testing import RunningForkd, free_port, wait_for
 
 TESTS = str(pathlib.Path(__file__).resolve().parent)

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import probetap
 import pytest
 
-from forkd.control_client import request
+from forkd.control.client import request
 from forkd.testing import RunningForkd, forkd_command, forkd_env, free_port, wait_for
 
 TESTS = str(pathlib.Path(__file__).resolve().parent)

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from forkd.app import Application
-from forkd.control_client import request
+from forkd.control.client import request
 from forkd.ports import TCPPort
 from forkd.testing import RunningForkd, free_port, wait_for
 from workers.echo import EchoFactory

@@ -14,7 +14,7 @@ from fakemaster import FakeMaster
 from forkd import tapfile
 from forkd.app import Application
 from forkd.cli import forkctl
-from forkd.control import ControlServer
+from forkd.control.server import ControlServer
 from workers.echo import EchoFactory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

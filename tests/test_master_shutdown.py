@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from forkd.app import Application
-from forkd.master import Master, MasterConfig
 from forkd.ports import TCPPort
 from forkd.protocol import Factory
+from forkd.supervisor.master import Master, MasterConfig
 
 
 class PidFile:

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from forkd import master as master_module
 from forkd.app import Application
-from forkd.master import Master, MasterConfig, MasterState
-from forkd.supervision import (
+from forkd.supervisor import master as master_module
+from forkd.supervisor.master import Master, MasterConfig, MasterState
+from forkd.supervisor.supervision import (
     BACKOFF_CAP,
     KILL_GRACE,
     Backoff,
@@ -22,7 +22,7 @@ from forkd.supervision import (
     excuse,
     overdue,
 )
-from forkd.worker import EXIT_BOOT_FAILED
+from forkd.supervisor.worker import EXIT_BOOT_FAILED
 
 
 class FakeChannel:

@@ -1,4 +1,4 @@
-"""The live shell (forkd.shell) against a FakeMaster: the seed's session, change detection."""
+"""The live shell (forkd.control.shell) against a FakeMaster: the seed's session, changes."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from fakemaster import FakeMaster
 
 from forkd import tapfile
 from forkd.app import Application
-from forkd.commands import shell as shell_command
-from forkd.control import ControlServer
-from forkd.shell import Shell, changed, fingerprint
+from forkd.cli import shell_client
+from forkd.control.server import ControlServer
+from forkd.control.shell import Shell, changed, fingerprint
 from workers.echo import EchoFactory
 
 
@@ -232,7 +232,7 @@ def test_seed_session_over_forkctl_shell(master: FakeMaster, tmp_path: Any) -> N
 
     out = io.StringIO()
     with master.running():
-        assert shell_command.interact(control.path, read=read, out=out, timeout=10) == 0
+        assert shell_client.interact(control.path, read=read, out=out, timeout=10) == 0
     control.close()
     text = out.getvalue()
     assert "<workers.echo.EchoFactory on 127.0.0.2:" in text

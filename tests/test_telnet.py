@@ -1,4 +1,4 @@
-"""The telnet tap (workers/telnet.py) and the master-side driver (forkd.masterports)."""
+"""The telnet tap (workers/telnet.py) and the master-side driver (forkd.control.masterports)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from fakemaster import FakeMaster
 from forkd import tapfile
 from forkd.app import Application
 from forkd.cli import mktap
-from forkd.control import ControlServer
+from forkd.control.masterports import MasterPorts
+from forkd.control.server import ControlServer
 from forkd.ports import TCPPort
 from forkd.testing import StringTransport
 from forkd.usage import UsageError
@@ -273,22 +274,21 @@ def test_wrong_password_over_a_real_socket(served: tuple[FakeMaster, int]) -> No
     client.sock.close()
 
 
-def test_control_server_serves_and_unserves_master_ports(master: FakeMaster, tmp_path: Any) -> None:
-    """What the real master calls: control.serve_port / unserve_port."""
-    control = ControlServer(master, str(tmp_path / "c.ctl"))
-    control.listen()
+def test_master_ports_serve_and_unserve(master: FakeMaster) -> None:
+    """What the real master calls for a servedByMaster port: serve, then unserve."""
+    ports = MasterPorts(master)
     port = TCPPort(0, make_factory("pw"), interface="127.0.0.1")
     port.startListening()
-    control.serve_port(port)
-    server = control.master_ports[port.key]
+    server = ports.serve(port)
+    assert port in ports
     sock = socket.create_connection(("127.0.0.1", port.port), timeout=5)
     master.run_until(lambda: len(server.connections) == 1)
-    control.unserve_port(port)
-    assert port.socket is None and control.master_ports == {}
+    ports.unserve(port)
+    assert port not in ports and ports.servers == {}
     received = b""
     while data := sock.recv(4096):
         received += data
     assert received == b"forkd shell\r\nusername: "  # greeted, then closed by unserve
     sock.close()
-    control.close()
+    port.stopListening()
     assert master.loop_errors == []

@@ -4,7 +4,7 @@
 
 The seed's "add a telnet server to your tap ... telnet into your application and change
 things there on the run". Served by the master itself (`servedByMaster`), because that is
-where the live application is: the same shell as `forkctl shell` (forkd.shell), with
+where the live application is: the same shell as `forkctl shell` (forkd.control.shell), with
 `application` and `import __main__; __main__.application`.
 
 Security, because this is a remote code prompt:
@@ -79,7 +79,7 @@ def verify_password(password: str, stored: str) -> bool:
 class TelnetShell(Protocol):
     """Login (username, then password with echo off), then the forkd shell line by line.
 
-    `master` is set by the master-side driver (forkd.masterports) before makeConnection."""
+    `master` is set by the master-side driver (forkd.control.masterports) before makeConnection."""
 
     master: Any = None
 
@@ -178,7 +178,7 @@ class TelnetShell(Protocol):
             factory.loginFailed(now)
             self._close(b"login incorrect\r\n")
             return
-        from forkd.shell import Shell
+        from forkd.control.shell import Shell
 
         log.info("telnet: %s logged in from %s", self.username, self.transport.getPeer())
         self.shell = Shell(self.master)

@@ -5,7 +5,7 @@
 
 The socket is `-c CTL`, else `$FORKD_CONTROL`, else the only `*.ctl` file in the current
 directory. Exit status 0 on success; otherwise one line on stderr and 1 (2 for bad usage).
-The commands themselves (arguments, help, rendering) live in forkd.commands.
+The commands themselves (arguments, help, rendering) live in forkd.control.commands.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import os
 import stat
 import sys
 
-from forkd.cli import positive_seconds, quiet_on_closed_pipe
-from forkd.commands import COMMANDS, summary
-from forkd.control_client import ControlError, request
+from forkd.cli import positive_seconds, quiet_on_closed_pipe, shell_client
+from forkd.control.client import ControlError, request
+from forkd.control.commands import COMMANDS, shell, summary
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -102,9 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = find_socket(args.control)
         timeout = args.timeout if args.timeout is not None else module.timeout
-        interact = getattr(module, "interact", None)
-        if interact is not None:
-            return int(interact(path, timeout=timeout))
+        if module is shell:
+            return shell_client.interact(path, timeout=timeout)
         result = request(path, module.name, module.request_args(args), timeout=timeout)
     except (NoSocket, ControlError) as error:
         print(f"forkctl: {error}", file=sys.stderr)

@@ -21,9 +21,9 @@ import time
 from typing import Any
 
 from forkd.cli import positive_seconds
-from forkd.commands.status import table as status_table
-from forkd.control import ControlSocketError
-from forkd.control_client import ControlError, request
+from forkd.control.client import ControlError, request
+from forkd.control.commands.status import table as status_table
+from forkd.control.server import ControlSocketError
 
 EXIT_FAILURE = 1
 STOP_WAIT = 120.0
@@ -106,10 +106,11 @@ def beside(tap: str, suffix: str) -> str:
 
 # -- start ---------------------------------------------------------------------------------
 def start(args: argparse.Namespace, argv: list[str]) -> int:
-    from forkd import daemon, logs, privileges, tapfile
-    from forkd.master import Master, MasterConfig
-    from forkd.pidfile import AlreadyRunning, PidFile, running_pid
+    from forkd import tapfile
     from forkd.ports import PortError
+    from forkd.supervisor import daemon, logs, privileges
+    from forkd.supervisor.master import Master, MasterConfig
+    from forkd.supervisor.pidfile import AlreadyRunning, PidFile, running_pid
 
     tap = os.path.abspath(args.tap)
     pid_path = os.path.abspath(args.pidfile or beside(tap, ".pid"))
@@ -182,7 +183,7 @@ def start(args: argparse.Namespace, argv: list[str]) -> int:
 
 def resume(state: dict[str, Any]) -> int:
     """The second half of a reload: this process is the re-executed master."""
-    from forkd import logs, reexec
+    from forkd.supervisor import logs, reexec
 
     log_setup = logs.LogSetup(state.get("log") or "-", redirect_std=bool(state.get("log_redirect")))
     master = reexec.resume(state, log_setup)
@@ -191,7 +192,7 @@ def resume(state: dict[str, Any]) -> int:
 
 # -- stop and status -----------------------------------------------------------------------
 def master_pid(args: argparse.Namespace) -> int:
-    from forkd.pidfile import running_pid
+    from forkd.supervisor.pidfile import running_pid
 
     tap = os.path.abspath(args.tap)
     pid_path = os.path.abspath(args.pidfile or beside(tap, ".pid"))
@@ -257,7 +258,8 @@ def status(args: argparse.Namespace) -> int:
 def check(args: argparse.Namespace) -> int:
     """What a reload validates first, on demand: the tap loads (safely), every module it
     needs imports, every port pickles. Binds nothing and starts no factory."""
-    from forkd import reexec, tapfile
+    from forkd import tapfile
+    from forkd.supervisor import reexec
 
     error = reexec.validate(args.tap)
     if error is not None:
@@ -270,7 +272,7 @@ def check(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from forkd import reexec
+    from forkd.supervisor import reexec
 
     state = reexec.read_state()
     if state is not None:

@@ -16,9 +16,10 @@ import os
 import stat
 import sys
 
-from forkd import privileges, taps
+from forkd import taps
 from forkd.app import Application
 from forkd.cli import quiet_on_closed_pipe
+from forkd.supervisor import privileges
 from forkd.tapfile import MAGIC, TapError
 from forkd.tapfile import load as load_tap
 from forkd.usage import UsageError

@@ -1,0 +1,43 @@
+"""Set the number of workers: N, or +N / -N relative to the current target.
+
+Usage: forkctl scale N|+N|-N
+
+Protocol: `{"command": "scale", "args": {"spec": "+2"}}` -> `{"target": 6}`. The master starts
+or gracefully stops workers to reach the target; the answer comes at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from typing import Any
+
+from forkd.control.commands import _args
+from forkd.control.reply import CommandError, Reply
+
+name = "scale"
+timeout = 10.0
+SPEC = re.compile(r"[+-]?[0-9]{1,4}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", metavar="N|+N|-N", help="worker count, or a change to it")
+
+
+def request_args(namespace: argparse.Namespace) -> dict[str, Any]:
+    return {"spec": namespace.spec}
+
+
+def execute(master: Any, args: dict[str, Any], reply: Reply) -> None:
+    spec = _args.required_text(args, "spec")
+    if not SPEC.fullmatch(spec):
+        raise CommandError(f"bad worker count {spec[:32]!r}: give N, +N or -N")
+    try:
+        target = master.scale(spec)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    reply(None, {"target": target})
+
+
+def render(result: dict[str, Any], namespace: argparse.Namespace) -> str:
+    return f"target workers: {result.get('target')}"
