@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from typing import Any, Protocol
 
+from forkd import tapfile
 from forkd.ports import DEFAULT_BACKLOG, TCPPort, UNIXPort, port_key
 
 
@@ -109,16 +110,11 @@ class Application:
     # -- saving ---------------------------------------------------------------------------
     def tapPath(self, tag: str | None = None) -> str:
         """The file save(tag) writes: the tap itself, or `<base>-<tag>.tap` beside it."""
-        tapfile = self.tapfile or os.path.abspath(f"{self.name}.tap")
-        if not tag:
-            return tapfile
-        base = tapfile[: -len(".tap")] if tapfile.endswith(".tap") else tapfile
-        return f"{base}-{tag}.tap"
+        path = self.tapfile or os.path.abspath(f"{self.name}.tap")
+        return tapfile.beside(path, f"-{tag}.tap") if tag else path
 
     def save(self, tag: str | None = None) -> str:
         """Write the application atomically to its tap file, or to `<base>-<tag>.tap`."""
-        from forkd import tapfile
-
         if tag is not None and (not tag or "/" in tag or tag.startswith(".")):
             raise ValueError(f"bad tag {tag!r}: a tag is a plain name such as 'known-good'")
         path = self.tapPath(tag)

@@ -223,6 +223,13 @@ class _TapUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+def beside(tap: str, suffix: str) -> str:
+    """A file named after `tap`: `beside("app.tap", ".ctl")` is "app.ctl", and
+    `beside("app.tap", "-known-good.tap")` the tagged save. Every such name is made here."""
+    base = tap[: -len(".tap")] if tap.endswith(".tap") else tap
+    return base + suffix
+
+
 @runtime_checkable
 class SavedApplication(Protocol):
     """What a tap file holds: a `forkd.app.Application`, checked by its shape so that this

@@ -36,7 +36,7 @@ def test_a_port_that_fails_to_unserve_still_closes_and_the_pidfile_is_released(
     def broken(port: Any) -> None:
         raise RuntimeError("unserve broke")
 
-    monkeypatch.setattr(master, "unserve_in_master", broken)
+    monkeypatch.setattr(master.master_ports, "unserve", broken)
     with caplog.at_level(logging.ERROR, logger="forkd"):
         master.shutdown()
     assert port.socket is None  # closed although the step before it failed

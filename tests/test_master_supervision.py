@@ -10,6 +10,7 @@ import pytest
 
 from forkd.app import Application
 from forkd.supervisor import master as master_module
+from forkd.supervisor.loop import Loop
 from forkd.supervisor.master import Master, MasterConfig, MasterState
 from forkd.supervisor.supervision import (
     BACKOFF_CAP,
@@ -54,25 +55,41 @@ class FakeReadiness:
         pass
 
 
+class FakeClock:
+    """The master's time as a number a test sets (the loop reads it)."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture
 def master(monkeypatch: pytest.MonkeyPatch) -> Any:
     app = Application("fake")
     app.tapfile = "/nonexistent/fake.tap"
-    m = Master(app, MasterConfig(workers=2, timeout=30.0), readiness=FakeReadiness())
+    clock = FakeClock()
+    m = Master(
+        app,
+        MasterConfig(workers=2, timeout=30.0),
+        readiness=FakeReadiness(),
+        loop=Loop(clock=clock),
+    )
+    m.clock = clock
     m.killed = []
-    monkeypatch.setattr(m, "kill", lambda pid, signum: m.killed.append((pid, signum)))
-    spawned: list[WorkerProcess] = []
+    monkeypatch.setattr(m.pool, "kill", lambda pid, signum: m.killed.append((pid, signum)))
+    m.spawned = []
+    m.pool.fork = lambda number: (1000 + len(m.spawned), FakeChannel())
+    spawn = m.pool.spawn
 
-    def spawn() -> WorkerProcess:
-        pid = 1000 + len(spawned)
-        worker = WorkerProcess(pid, m.next_number(), m.generation, FakeChannel(), 0.0)
-        m.workers[pid] = worker
-        spawned.append(worker)
+    def spawn_and_record() -> WorkerProcess:
+        worker = spawn()
+        m.spawned.append(worker)
         return worker
 
-    monkeypatch.setattr(m, "spawn_worker", spawn)
+    monkeypatch.setattr(m.pool, "spawn", spawn_and_record)
     monkeypatch.setattr(master_module, "sd_notify", lambda state: False)
-    m.spawned = spawned
     yield m
     m.loop.close()
 
@@ -93,7 +110,7 @@ def test_ready_workers_make_the_start_succeed(master: Any) -> None:
     master.manage_workers()
     assert len(master.spawned) == 2 and master.state is MasterState.STARTING
     for worker in master.spawned:
-        master.on_message(worker, {"op": "ready"})
+        master.pool.on_message(worker, {"op": "ready"})
     master.manage_workers()
     assert master.state is MasterState.RUNNING
     assert master.readiness.events == ["ready"]
@@ -102,9 +119,9 @@ def test_ready_workers_make_the_start_succeed(master: Any) -> None:
 def test_boot_failure_halts_the_start_instead_of_respawning(master: Any) -> None:
     master.manage_workers()
     first = master.spawned[0]
-    master.on_message(first, {"op": "boot_failed", "error": "ValueError: no database"})
+    master.pool.on_message(first, {"op": "boot_failed", "error": "ValueError: no database"})
     master.workers.pop(first.pid)
-    master.worker_exited(first, EXIT_BOOT_FAILED << 8)
+    master.pool.exited(first, EXIT_BOOT_FAILED << 8)
     assert master.readiness.events == ["failed: worker failed to boot: ValueError: no database"]
     assert master.state is MasterState.STOPPING and master.exit_code == 1
     # the other worker is told to stop, and nothing new is spawned
@@ -114,36 +131,34 @@ def test_boot_failure_halts_the_start_instead_of_respawning(master: Any) -> None
 
 
 def test_crash_after_boot_respawns_with_backoff(master: Any, monkeypatch: Any) -> None:
-    now = [50.0]
-    monkeypatch.setattr(master_module, "clock", lambda: now[0])
+    master.clock.now = 50.0
     master.manage_workers()
     for worker in master.spawned:
-        master.on_message(worker, {"op": "ready"})
+        master.pool.on_message(worker, {"op": "ready"})
     master.manage_workers()
     crashed = master.spawned[0]
     master.workers.pop(crashed.pid)
-    master.worker_exited(crashed, signal.SIGSEGV)  # killed by a signal
+    master.pool.exited(crashed, signal.SIGSEGV)  # killed by a signal
     assert master.backoff.failures == 1
     master.manage_workers()
     assert len(master.spawned) == 2, "respawned before the backoff delay"
-    now[0] += master.backoff.base
+    master.clock.now += master.backoff.base
     master.manage_workers()
     assert len(master.spawned) == 3 and master.state is MasterState.RUNNING
 
 
 def test_heartbeat_timeout_aborts_then_kills(master: Any, monkeypatch: Any) -> None:
-    monkeypatch.setattr(master_module, "clock", lambda: 0.0)
     master.manage_workers()
     quiet, chatty = master.spawned
     for worker in master.spawned:
-        master.on_message(worker, {"op": "ready"})
+        master.pool.on_message(worker, {"op": "ready"})
     chatty.beat(29.0, {"connections": 3})
-    master.check_workers(31.0)
+    master.pool.check(31.0)
     assert master.killed == [(quiet.pid, signal.SIGABRT)]
     assert quiet.state is WorkerState.TIMED_OUT and chatty.connections == 3
-    master.check_workers(31.0 + KILL_GRACE - 0.1)
+    master.pool.check(31.0 + KILL_GRACE - 0.1)
     assert len(master.killed) == 1
-    master.check_workers(31.0 + KILL_GRACE)
+    master.pool.check(31.0 + KILL_GRACE)
     assert master.killed[-1] == (quiet.pid, signal.SIGKILL)
 
 
@@ -161,9 +176,12 @@ def test_suspend_detection_excuses_missed_heartbeats() -> None:
 
 
 def test_suspended_master_does_not_kill(master: Any, monkeypatch: Any) -> None:
-    times = iter([100.0, 200.0])  # will_sleep at 100, wakes at 200: a 99 s gap
-    monkeypatch.setattr(master_module, "clock", lambda: next(times, 200.0))
-    monkeypatch.setattr(master.loop, "poll", lambda timeout: None)
+    master.clock.now = 100.0  # will_sleep at 100, wakes at 200: a 99 s gap
+
+    def suspended(timeout: float) -> None:
+        master.clock.now = 200.0
+
+    monkeypatch.setattr(master.loop, "poll", suspended)
     master.state = MasterState.RUNNING
     worker = WorkerProcess(9, 1, 1, FakeChannel(), 0.0, state=WorkerState.READY, last_beat=99.0)
     master.workers[9] = worker
@@ -200,8 +218,7 @@ def test_reaping_a_worker_never_deafens_the_socket_that_reused_its_channel_numbe
         master.workers[worker.pid] = worker
         heard: list[bytes] = []
         master.loop.add_reader(left.fileno(), lambda: heard.append(left.recv(16)))
-        master.reap = lambda: None  # only worker_exited is under test
-        master.worker_exited(master.workers.pop(worker.pid), 0)
+        master.pool.exited(master.workers.pop(worker.pid), 0)
         right.sendall(b"ping")
         master.loop.poll(1.0)
         assert heard == [b"ping"]

@@ -18,12 +18,13 @@ import os
 import signal
 import sys
 import time
-from typing import Any
 
+from forkd import tapfile
 from forkd.cli import positive_seconds
 from forkd.control.client import ControlError, request
 from forkd.control.commands.status import table as status_table
-from forkd.control.server import ControlSocketError
+from forkd.supervisor.master import DEFAULT_GRACEFUL_TIMEOUT, DEFAULT_TIMEOUT
+from forkd.tapfile import beside
 
 EXIT_FAILURE = 1
 STOP_WAIT = 120.0
@@ -67,16 +68,16 @@ def parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--graceful-timeout",
         type=positive_seconds,
-        default=30.0,
+        default=DEFAULT_GRACEFUL_TIMEOUT,
         metavar="S",
-        help="seconds a stopping worker may take to finish (default 30)",
+        help="seconds a stopping worker may take to finish (default %(default)g)",
     )
     start.add_argument(
         "--timeout",
         type=positive_seconds,
-        default=30.0,
+        default=DEFAULT_TIMEOUT,
         metavar="S",
-        help="kill a worker silent this long (default 30)",
+        help="kill a worker silent this long (default %(default)g)",
     )
     start.add_argument(
         "--no-save", action="store_true", help="do not write <base>-shutdown.tap on stop"
@@ -99,95 +100,28 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def beside(tap: str, suffix: str) -> str:
-    base = tap[: -len(".tap")] if tap.endswith(".tap") else tap
-    return base + suffix
-
-
 # -- start ---------------------------------------------------------------------------------
 def start(args: argparse.Namespace, argv: list[str]) -> int:
-    from forkd import tapfile
-    from forkd.ports import PortError
-    from forkd.supervisor import daemon, logs, privileges
-    from forkd.supervisor.master import Master, MasterConfig
-    from forkd.supervisor.pidfile import AlreadyRunning, PidFile, running_pid
+    from forkd.supervisor import startup
 
-    tap = os.path.abspath(args.tap)
-    pid_path = os.path.abspath(args.pidfile or beside(tap, ".pid"))
-    try:
-        application = tapfile.load(tap)
-    except tapfile.TapError as error:
-        raise Failure(str(error)) from None
-    try:
-        uid = privileges.resolve_user(args.uid if args.uid is not None else application.uid)
-        gid = privileges.resolve_group(args.gid if args.gid is not None else application.gid)
-    except privileges.PrivilegeError as error:
-        raise Failure(str(error)) from None
-    holder = running_pid(pid_path)
-    if holder is not None:
-        raise Failure(f"{os.path.basename(tap)} is already running (pid {holder})")
-    if args.logfile == "-" and not args.nodaemon:
-        # a daemon writing to the terminal it left, and keeping the caller's stderr open
-        # (`out=$(forkd start ... -l - 2>&1)` would never return)
-        raise Failure("-l - (log to stderr) needs -n; a daemon logs to a file")
-    if args.logfile:
-        log_target = args.logfile if args.logfile == "-" else os.path.abspath(args.logfile)
-    else:
-        log_target = "-" if args.nodaemon else beside(tap, ".log")
-
-    readiness = daemon.Readiness() if args.nodaemon else daemon.daemonize()
-
-    # -- from here on, in the daemon when daemonized: report failures through readiness
-    def fail(reason: str) -> int:
-        readiness.failed(reason)
-        if args.nodaemon:
-            print(f"forkd: {reason}", file=sys.stderr)
-        return EXIT_FAILURE
-
-    try:
-        log_setup = logs.LogSetup(log_target, redirect_std=not args.nodaemon)
-    except OSError as error:
-        return fail(f"cannot open the log file {log_target}: {error.strerror or error}")
-    pidfile = PidFile(pid_path)
-    try:
-        pidfile.acquire()
-    except AlreadyRunning as error:
-        return fail(str(error))
-    except OSError as error:
-        return fail(f"cannot write the pidfile {pid_path}: {error.strerror or error}")
-    config = MasterConfig(
+    options = startup.StartOptions(
+        tap=args.tap,
+        nodaemon=args.nodaemon,
+        logfile=args.logfile,
+        workers=args.workers,
+        pidfile=args.pidfile,
+        control=args.control,
+        uid=args.uid,
+        gid=args.gid,
         graceful_timeout=args.graceful_timeout,
         timeout=args.timeout,
         save_on_stop=not args.no_save,
-        control_path=os.path.abspath(args.control or beside(tap, ".ctl")),
-        pidfile_path=pid_path,
         argv=argv,
     )
-    if args.workers is not None:
-        config.workers = args.workers
-    master = Master(application, config, log_setup, readiness, pidfile)
     try:
-        master.bind_ports()
-        master.start_control()
-        privileges.drop(uid, gid)
-    except (PortError, ControlSocketError, privileges.PrivilegeError, OSError, ValueError) as error:
-        pidfile.release()
-        return fail(str(error))
-    code = master.run()
-    # a stop (TERM, `forkd stop`) before every worker was ready: no-op once "ok" was sent
-    readiness.failed(master.stop_reason or "stopped before it was ready (see its log)")
-    if code and args.nodaemon and master.stop_reason:
-        print(f"forkd: {master.stop_reason}", file=sys.stderr)
-    return code
-
-
-def resume(state: dict[str, Any]) -> int:
-    """The second half of a reload: this process is the re-executed master."""
-    from forkd.supervisor import logs, reexec
-
-    log_setup = logs.LogSetup(state.get("log") or "-", redirect_std=bool(state.get("log_redirect")))
-    master = reexec.resume(state, log_setup)
-    return int(master.run())
+        return startup.start(options)
+    except startup.StartError as error:
+        raise Failure(str(error)) from None
 
 
 # -- stop and status -----------------------------------------------------------------------
@@ -258,7 +192,6 @@ def status(args: argparse.Namespace) -> int:
 def check(args: argparse.Namespace) -> int:
     """What a reload validates first, on demand: the tap loads (safely), every module it
     needs imports, every port pickles. Binds nothing and starts no factory."""
-    from forkd import tapfile
     from forkd.supervisor import reexec
 
     error = reexec.validate(args.tap)
@@ -272,11 +205,11 @@ def check(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from forkd.supervisor import reexec
+    from forkd.supervisor import resume, startup
 
-    state = reexec.read_state()
+    state = resume.read_state()
     if state is not None:
-        return resume(state)
+        return startup.resume_reload(state)
     args = parser().parse_args(argv)
     try:
         if args.command == "start":

@@ -38,6 +38,8 @@ import struct
 import time
 from typing import Any
 
+from forkd.control.api import MasterAPI
+from forkd.control.commands import server_handlers
 from forkd.control.connection import MAX_OUTPUT_BUFFER, ClientConnection
 from forkd.control.reply import CommandError, Handler, Reply
 from forkd.control.wire import HEADER, MAX_MESSAGE, VERSION, encode, error_response, one_line
@@ -115,7 +117,7 @@ class ControlServer:
 
     def __init__(
         self,
-        master: Any,
+        master: MasterAPI,
         path: str,
         fd: int | None = None,
         handlers: dict[str, Handler] | None = None,
@@ -135,8 +137,6 @@ class ControlServer:
     @property
     def handlers(self) -> dict[str, Handler]:
         if self._handlers is None:
-            from forkd.control.commands import server_handlers
-
             self._handlers = server_handlers()
         return self._handlers
 

@@ -37,6 +37,7 @@ import time
 import traceback
 from typing import Any
 
+from forkd.control.api import MasterAPI
 from forkd.control.wire import one_line
 from forkd.ports import PortError, port_key
 
@@ -131,7 +132,7 @@ class Shell:
 
     timeout = 10.0  # seconds one statement may run in the master
 
-    def __init__(self, master: Any) -> None:
+    def __init__(self, master: MasterAPI) -> None:
         self.master = master
         self.namespace: dict[str, Any] = {
             "__name__": "__forkd_shell__",
@@ -180,7 +181,7 @@ class Shell:
         after = fingerprint(self.master.application)
         if changed(before, after):
             text += self._apply_change()
-        elif before[1].keys() != after[1].keys() and hasattr(self.master, "unsaved"):
+        elif before[1].keys() != after[1].keys():
             # A live listenTCP/removePort: already served, but not in the tap file yet, so
             # a reload must not silently drop it.
             self.master.unsaved = True

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import enum
 import os
 import socket
 from collections import deque
@@ -25,6 +26,21 @@ from forkd.framing import FrameDecoder, FrameError, decode, encode
 
 MAX_MESSAGE = 16 * 1024 * 1024  # pickled factories ride in messages; refuse absurd sizes
 MAX_FDS_PER_READ = 16
+
+
+class Op(enum.StrEnum):
+    """Every message on the channel (its ``"op"``), by the side that sends it."""
+
+    # worker -> master
+    READY = "ready"  # every port served: the worker counts as up
+    HEARTBEAT = "heartbeat"  # {connections, accepted, requests}, every heartbeat interval
+    BOOT_FAILED = "boot_failed"  # {error}: sent before exiting EXIT_BOOT_FAILED
+    PORT_ADDED = "port_added"  # {key}
+    PORT_FAILED = "port_failed"  # {key, error}
+    PORT_REMOVED = "port_removed"  # {key}
+    # master -> worker
+    ADD_PORT = "add_port"  # {key, port: the pickled port, base64} + its descriptor
+    REMOVE_PORT = "remove_port"  # {key}
 
 
 class ChannelError(Exception):
@@ -55,6 +71,11 @@ class Channel:
         """A connected (master end, worker end) pair."""
         left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         return cls(left), cls(right)
+
+    @classmethod
+    def from_fd(cls, fd: int) -> Channel:
+        """The channel on an inherited descriptor (a re-executed master's workers)."""
+        return cls(socket.socket(fileno=fd))
 
     def fileno(self) -> int:
         return self.sock.fileno()

@@ -14,12 +14,20 @@ import itertools
 import os
 import selectors
 import signal
+import time
 from collections import deque
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from forkd.supervisor.supervision import clock
+
+def boottime() -> float:
+    """The master's clock. CLOCK_BOOTTIME keeps counting through SIGSTOP and system sleep,
+    so a suspended master sees the gap (CLOCK_MONOTONIC hides sleep)."""
+    try:
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    except (AttributeError, OSError):
+        return time.monotonic()
 
 
 class Timer:
@@ -41,11 +49,15 @@ def _fd(fileobj: Any) -> int:
 
 
 class Loop:
-    """File readiness callbacks, timers and queued signals for a single-threaded process."""
+    """File readiness callbacks, timers and queued signals for a single-threaded process.
+
+    `clock` is the one source of time for the timers and for everything the master
+    decides: a test passes a fake one instead of patching a module global."""
 
     MAX_WAIT = 1.0  # the master wakes at least this often (heartbeat checks)
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = boottime) -> None:
+        self.clock = clock
         self.selector = selectors.DefaultSelector()
         self._watched: dict[int, list[Any]] = {}  # fd -> [reader, writer]
         self._timers: list[tuple[float, int, Timer]] = []
@@ -99,7 +111,7 @@ class Loop:
 
     # -- timers ---------------------------------------------------------------------------
     def call_later(self, delay: float, callback: Callable[[], Any]) -> Timer:
-        timer = Timer(clock() + max(0.0, delay), callback)
+        timer = Timer(self.clock() + max(0.0, delay), callback)
         heapq.heappush(self._timers, (timer.when, next(self._order), timer))
         return timer
 
@@ -108,10 +120,10 @@ class Loop:
             heapq.heappop(self._timers)
         if not self._timers:
             return self.MAX_WAIT
-        return min(self.MAX_WAIT, max(0.0, self._timers[0][0] - clock()))
+        return min(self.MAX_WAIT, max(0.0, self._timers[0][0] - self.clock()))
 
     def run_timers(self) -> None:
-        now = clock()
+        now = self.clock()
         while self._timers and self._timers[0][0] <= now:
             _, _, timer = heapq.heappop(self._timers)
             if not timer.cancelled:

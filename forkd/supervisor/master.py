@@ -1,27 +1,33 @@
 """The master: binds the ports, forks the workers, and supervises them for as long as it runs.
 
-One thread, one `Loop`. Each iteration: wait for files or the next timer; notice
-if we were suspended; run file callbacks (worker channels, control socket); dispatch queued
+One thread, one `Loop`. Each iteration: wait for files or the next timer; notice if we
+were suspended; run file callbacks (worker channels, control socket); dispatch queued
 signals to `handle_<signal>`; run timers; check heartbeats; converge the worker set on the
-target (`manage_workers`). Decisions are made by `forkd.supervisor.supervision` (pure logic).
+target (`manage_workers`); finish a rollout whose new generation is ready. Decisions about
+time are made by `forkd.supervisor.supervision` (pure logic) on the loop's clock.
 
-Before fork / after fork: the master binds every port and calls `gc.freeze()` before it
-forks; a new worker process closes every master-only descriptor (other workers' channels,
-the control socket, the selector, the pidfile) and then belongs to `forkd.supervisor.worker`.
+The master is one class that owns its parts, each in its own module:
 
-The workers as processes (fork, messages, heartbeats, stop, kill, reap) are in
-`workers`, live changes (ports, rolling restart, reload) in `changes`
-on top of it; `Master` inherits both mixins.
+- `pool` (`WorkerPool`): the worker processes: spawn, messages, heartbeats, stop, reap;
+- `port_changes` (`PortChanges`): ports added and removed live, with acknowledgements;
+- `rollouts` (`Rollouts`): restart and reload generations, and their rollback;
+- `master_ports` (`MasterPorts`) and `control` (`ControlServer`): the control plane, which
+  sees the master only as `forkd.control.api.MasterAPI`.
+
+A worker's exit goes pool -> `worker_failed` here -> `rollouts.failed` or the backoff, and
+pool -> `worker_gone` here -> `port_changes.worker_gone`.
 """
 
 from __future__ import annotations
 
-import contextlib
+import base64
 import gc
 import os
+import pickle
 import signal
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # Imported here, not where used: after `-u` drops privileges, modules the new user may not
@@ -29,67 +35,88 @@ from typing import Any
 import psutil  # noqa: F401  (forkd.supervisor.status reads worker RSS with it)
 import setproctitle
 
+from forkd.control.api import Done
 from forkd.control.masterports import MasterPorts
 from forkd.control.server import ControlServer
-from forkd.ports import port_key
-from forkd.supervisor import logs
-from forkd.supervisor.changes import ChangesMixin
+from forkd.ports import PortError, port_key
+from forkd.supervisor import logs, reexec, spawn, status
+from forkd.supervisor.channel import Channel
 from forkd.supervisor.daemon import Readiness, sd_notify
+from forkd.supervisor.logs import LogSetup
 from forkd.supervisor.loop import Loop, Timer
+from forkd.supervisor.pidfile import PidFile
+from forkd.supervisor.port_changes import PortChanges, call
+from forkd.supervisor.rollout import Rollouts
 from forkd.supervisor.supervision import (
     Backoff,
     MasterState,
     SuspendDetector,
     WorkerProcess,
     WorkerState,
-    clock,
     excuse,
     stable,
 )
-from forkd.supervisor.worker import served_by_worker
+from forkd.supervisor.worker import HEARTBEAT_INTERVAL, WorkerSettings, served_by_worker
+from forkd.supervisor.workers import WorkerPool
 
-__all__ = ["HANDLED_SIGNALS", "Master", "MasterConfig", "MasterState"]
+__all__ = ["HANDLED_SIGNALS", "Master", "MasterConfig", "MasterState", "parse_scale"]
 
 log = logs.get("master")
 
 HANDLED_SIGNALS = ["HUP", "INT", "QUIT", "TERM", "TTIN", "TTOU", "USR1", "USR2", "WINCH", "CHLD"]
+DEFAULT_GRACEFUL_TIMEOUT = 30.0
+DEFAULT_TIMEOUT = 30.0
 
 
 @dataclass
 class MasterConfig:
-    """The master's settings (from `forkd start`'s options)."""
+    """The master's settings (from `forkd start`'s options, whose defaults these are)."""
 
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    graceful_timeout: float = 30.0
-    timeout: float = 30.0
+    graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT
+    timeout: float = DEFAULT_TIMEOUT
     save_on_stop: bool = True
     control_path: str | None = None
     pidfile_path: str | None = None
     argv: list[str] = field(default_factory=list)  # `forkd start ...` arguments, for re-exec
 
 
-class Master(ChangesMixin):
+def parse_scale(spec: str, current: int) -> int:
+    """The target a scale spec asks for: "N", "+N" or "-N" workers, at least 0."""
+    text = str(spec).strip()
+    try:
+        number = int(text)
+    except ValueError:
+        raise ValueError(f"bad worker count {spec!r}: use N, +N or -N") from None
+    return max(0, current + number if text[:1] in "+-" else number)
+
+
+class Master:
     """The arbiter. `run()` returns the process exit code."""
 
     def __init__(
         self,
         application: Any,
         config: MasterConfig,
-        log_setup: Any = None,
+        log_setup: LogSetup | None = None,
         readiness: Readiness | None = None,
-        pidfile: Any = None,
+        pidfile: PidFile | None = None,
+        loop: Loop | None = None,
     ) -> None:
         self.application = application
         application.runtime = self
-        self.tapfile: str = application.tapfile or os.path.abspath(f"{application.name}.tap")
+        self.tapfile: str = application.tapPath()  # absolute: fixed before any chdir
         self.config = config
         self.log_setup = log_setup
         self.readiness = readiness or Readiness()
         self.pidfile = pidfile
-        self.loop = Loop()
-        self.workers: dict[int, WorkerProcess] = {}
+        self.loop = loop or Loop()
+        self.pool = WorkerPool(self.loop, self, self._fork, config.graceful_timeout, config.timeout)
+        self.master_ports = MasterPorts(self)  # ports served in this loop (telnet)
+        self.port_changes = PortChanges(self.pool, self.master_ports)
+        self.rollouts = Rollouts(self.pool)
+        self.control: ControlServer | None = None
         self.target = max(0, config.workers)
-        self.generation = 1
         self.backoff = Backoff()
         self.suspend = SuspendDetector()
         self.state = MasterState.STARTING
@@ -97,30 +124,32 @@ class Master(ChangesMixin):
         self.exit_code = 0
         self.stop_reason: str | None = None
         self.save_on_stop = config.save_on_stop
-        self.control: ControlServer | None = None
-        self.helpers: dict[int, Any] = {}  # pid -> callback(status) for non-worker children
-        self.master_ports = MasterPorts(self)  # ports served in this loop (telnet)
-        self.init_changes()
+        self.unsaved = False
+        self._next_done: Done | None = None  # for the portAdded/portRemoved hooks
 
-    # -- the loop API the control plane uses ----------------------------------------------
-    def add_reader(self, fileobj: Any, callback: Any) -> None:
+    @property
+    def workers(self) -> dict[int, WorkerProcess]:
+        return self.pool.workers
+
+    @property
+    def generation(self) -> int:
+        return self.pool.generation
+
+    # -- the loop, as the control plane uses it -------------------------------------------
+    def add_reader(self, fileobj: Any, callback: Callable[[], None]) -> None:
         self.loop.add_reader(fileobj, callback)
 
     def remove_reader(self, fileobj: Any) -> None:
         self.loop.remove_reader(fileobj)
 
-    def add_writer(self, fileobj: Any, callback: Any) -> None:
+    def add_writer(self, fileobj: Any, callback: Callable[[], None]) -> None:
         self.loop.add_writer(fileobj, callback)
 
     def remove_writer(self, fileobj: Any) -> None:
         self.loop.remove_writer(fileobj)
 
-    def call_later(self, delay: float, callback: Any) -> Timer:
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         return self.loop.call_later(delay, callback)
-
-    def now(self) -> float:
-        """The master's clock, for the mixins: the one place a test fakes time."""
-        return clock()
 
     # -- life -----------------------------------------------------------------------------
     def bind_ports(self) -> None:
@@ -143,26 +172,20 @@ class Master(ChangesMixin):
         if not served_by_worker(port) and port not in self.master_ports:
             self.master_ports.serve(port)
 
-    def unserve_in_master(self, port: Any) -> None:
-        self.master_ports.unserve(port)
-
     def start_control(self, fd: int | None = None) -> None:
-        """Open the control socket if the control plane is installed (forkd.control.server)."""
-        path = self.config.control_path
-        if not path:
-            return
-        self.control = ControlServer(self, path, fd=fd)
-        self.control.listen()
+        """Open the control socket (or adopt `fd`, after a re-exec) when one is configured."""
+        if self.config.control_path:
+            self.control = ControlServer(self, self.config.control_path, fd=fd)
+            self.control.listen()
 
     def run(self) -> int:
         """Serve until stopped; return the exit code."""
         signals = [getattr(signal, f"SIG{name}") for name in HANDLED_SIGNALS]
         self.loop.watch_signals(signals)
-        # a re-exec blocks them across execve (see forkd.supervisor.reexec): the handlers are in
+        # a re-exec blocks them across execve (see reexec.exec_image): the handlers are in
         # place now, so what arrived meanwhile is delivered and queued like any signal
         signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
-        title = os.path.basename(self.tapfile)
-        setproctitle.setproctitle(f"forkd: master [{title}]")
+        setproctitle.setproctitle(f"forkd: master [{os.path.basename(self.tapfile)}]")
         log.info(
             "master starting: %s, %d worker(s), ports %s",
             self.tapfile,
@@ -171,7 +194,7 @@ class Master(ChangesMixin):
         )
         gc.collect()
         gc.freeze()  # pages of objects made so far stay shared with the workers
-        self.reap()  # after a re-exec, children may have exited meanwhile
+        self.pool.reap()  # after a re-exec, children may have exited meanwhile
         self.manage_workers()
         try:
             while not self.finished():
@@ -181,6 +204,7 @@ class Master(ChangesMixin):
         return self.exit_code
 
     def iterate(self) -> None:
+        clock = self.loop.clock
         timeout = self.loop.next_timeout()
         self.suspend.will_sleep(clock(), timeout)
         self.loop.poll(timeout)
@@ -188,21 +212,20 @@ class Master(ChangesMixin):
         suspended = self.suspend.woke(now)
         if suspended:
             log.warning("the master was suspended for %.1fs: heartbeat deadlines reset", suspended)
-            excuse(list(self.workers.values()), now)
+            excuse(self.pool.all(), now)
         self.dispatch_signals()
         self.loop.run_timers()
-        self.check_workers(clock())
+        self.pool.check(clock())
         self.manage_workers()
-        self.check_changes()
+        if self.state is MasterState.RUNNING:
+            self.rollouts.check(self.target)
 
     def finished(self) -> bool:
-        return self.state is MasterState.STOPPING and not self.workers
+        return self.state is MasterState.STOPPING and not self.pool.workers
 
     def shutdown(self) -> None:
         """Close the ports, save the shutdown tap, release the pidfile."""
-        for worker in list(self.workers.values()):  # only after an internal error
-            with contextlib.suppress(OSError):
-                os.kill(worker.pid, signal.SIGKILL)
+        self.pool.signal_all(signal.SIGKILL)  # only after an internal error are any left
         if self.save_on_stop and self.exit_code == 0:
             try:
                 self.application.save("shutdown")  # logged by applicationSaved
@@ -211,21 +234,20 @@ class Master(ChangesMixin):
         # one guard per step, each logged: a port that fails to unserve must still close,
         # and nothing here may keep the pidfile from being released
         for port in self.application.ports:
-            self._cleanup(
-                f"stop serving {port_key(port)} in the master", self.unserve_in_master, port
-            )
-            self._cleanup(f"close {port_key(port)}", port.stopListening)
-        self.close_retired_ports()
-        self.master_ports.close()
+            key = port_key(port)
+            self._cleanup(f"stop serving {key} in the master", self.master_ports.unserve, port)
+            self._cleanup(f"close {key}", port.stopListening)
+        self._cleanup("close the retired ports", self.rollouts.close_retired)
+        self._cleanup("stop the master-served ports", self.master_ports.close)
         if self.control is not None:
             self._cleanup("close the control socket", self.control.close)
         if self.pidfile is not None:
-            self.pidfile.release()
+            self._cleanup("release the pidfile", self.pidfile.release)
         self.loop.close()
         log.info("master stopped%s", f": {self.stop_reason}" if self.stop_reason else "")
 
     @staticmethod
-    def _cleanup(what: str, step: Any, *args: Any) -> None:
+    def _cleanup(what: str, step: Callable[..., Any], *args: Any) -> None:
         """Run one shutdown step; a failure is logged with its context, never raised."""
         try:
             step(*args)
@@ -235,14 +257,13 @@ class Master(ChangesMixin):
     # -- signals --------------------------------------------------------------------------
     def dispatch_signals(self) -> None:
         while self.loop.signals:
-            signum = self.loop.signals.popleft()
-            name = signal.Signals(signum).name
+            name = signal.Signals(self.loop.signals.popleft()).name
             if name != "SIGCHLD":
                 log.info("got %s", name)
             getattr(self, f"handle_{name[3:].lower()}")()
 
     def handle_chld(self) -> None:
-        self.reap()
+        self.pool.reap()
 
     def handle_term(self) -> None:
         self.stop(graceful=True)
@@ -253,7 +274,7 @@ class Master(ChangesMixin):
         self.stop(graceful=False)
 
     def handle_hup(self) -> None:
-        self.reload(False, self._log_result("reload"))
+        self.reload(False, self.log_result("reload"))
 
     handle_usr2 = handle_hup
 
@@ -271,7 +292,9 @@ class Master(ChangesMixin):
         self.target = 0
 
     @staticmethod
-    def _log_result(what: str) -> Any:
+    def log_result(what: str) -> Done:
+        """A `done` for a change nobody waits on (a signal): its outcome goes to the log."""
+
         def done(error: str | None, result: Any = None) -> None:
             if error:
                 log.error("%s failed: %s", what, error)
@@ -281,28 +304,31 @@ class Master(ChangesMixin):
         return done
 
     # -- workers --------------------------------------------------------------------------
-    def current_workers(self) -> list[WorkerProcess]:
-        return [
-            w
-            for w in self.workers.values()
-            if w.generation == self.generation and w.alive_for_service
-        ]
+    def _fork(self, number: int) -> tuple[int, Channel]:
+        settings = WorkerSettings(
+            number=number,
+            title=os.path.basename(self.tapfile),
+            graceful_timeout=self.config.graceful_timeout,
+            # several beats per timeout: one late timer must not look like a hung worker
+            heartbeat_interval=min(HEARTBEAT_INTERVAL, self.config.timeout / 4),
+        )
+        return spawn.fork_worker(self.application, settings, self.log_setup, self.readiness)
 
     def manage_workers(self) -> None:
         """Converge the current generation on the target count."""
         if self.state is MasterState.STOPPING:
             return
-        now = clock()
-        current = self.current_workers()
+        now = self.loop.clock()
+        current = self.pool.current()
         if len(current) < self.target:
             if self.state is MasterState.STARTING or self.backoff.may_spawn(now):
                 for _ in range(self.target - len(current)):
-                    self.spawn_worker()
+                    self.pool.spawn()
         elif len(current) > self.target:
             extra = sorted(current, key=lambda w: (w.state is WorkerState.READY, -w.number))
             for worker in extra[: len(current) - self.target]:
-                self.stop_worker(worker, graceful=True)
-        if self.backoff.failures and stable(list(self.workers.values()), now):
+                self.pool.stop(worker, graceful=True)
+        if self.backoff.failures and stable(self.pool.all(), now):
             log.info("workers are stable again: backoff reset")
             self.backoff.reset()
         if (
@@ -316,16 +342,21 @@ class Master(ChangesMixin):
             self.readiness.ready()
             sd_notify(f"READY=1\nMAINPID={os.getpid()}")
 
+    # what the pool reports (workers.PoolOwner)
     def worker_failed(self, worker: WorkerProcess, reason: str) -> None:
         if self.state is MasterState.STARTING:
             self.fail(reason)
-        elif self.state is MasterState.RUNNING and self.rollout_failed(worker, reason):
-            return
-        elif self.state is MasterState.RUNNING:
-            delay = self.backoff.failed(clock())
+        elif self.state is MasterState.RUNNING and not self.rollouts.failed(worker, reason):
+            delay = self.backoff.failed(self.loop.clock())
             log.warning(
                 "respawning in %.1fs (%d failure(s) in a row)", delay, self.backoff.failures
             )
+
+    def worker_reported(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
+        self.port_changes.acknowledged(worker, message)
+
+    def worker_gone(self, worker: WorkerProcess) -> None:
+        self.port_changes.worker_gone(worker)
 
     def fail(self, reason: str) -> None:
         """Startup failed: report the reason to `forkd start` and stop everything now."""
@@ -335,45 +366,160 @@ class Master(ChangesMixin):
         self.stop_reason = reason
         self.stop(graceful=False)
 
-    # -- the control plane's verbs that are not live changes ------------------------------
+    # -- the Application's runtime hooks --------------------------------------------------
+    def portAdded(self, port: Any) -> None:
+        done = self._take_done(port)
+        if getattr(port, "socket", None) is None:
+            port.startListening()
+        self.port_changes.add(port, done)
+
+    def portRemoved(self, port: Any) -> None:
+        self.port_changes.remove(port, self._take_done(port))
+
+    def applicationSaved(self, path: str, tag: str | None) -> None:
+        if tag is None:
+            self.unsaved = False
+        log.info("application saved to %s", path)
+
+    def _take_done(self, port: Any) -> Done | None:
+        """The `done` of the add_port/remove_port that caused this hook (None for the
+        shell's `application.listenTCP`). Ports change between generations, never during
+        a rollout: workers forked before the change and after it would disagree on what
+        they serve, and a rollback would close a port the old workers were told to serve."""
+        done, self._next_done = self._next_done, None
+        if self.rollouts.busy:
+            raise PortError(
+                f"cannot change {port_key(port)} while a restart or reload is in progress; "
+                "try again when it has finished"
+            )
+        return done
+
+    # -- the control plane's verbs (forkd.control.api.MasterAPI) --------------------------
+    def add_port(self, port: Any, done: Done | None = None) -> None:
+        """Bind `port` now (PortError at once if it cannot), add it to the application and
+        have every worker serve it; `done` once each has acknowledged."""
+        self._next_done = done
+        try:
+            self.application.addPort(port)
+        finally:
+            self._next_done = None
+
+    def remove_port(self, port: Any, done: Done | None = None) -> None:
+        """Stop serving `port` (object, key or number) in every worker, then close it."""
+        self._next_done = done
+        try:
+            self.application.removePort(port)
+        finally:
+            self._next_done = None
+
+    def save(self, tag: str | None = None) -> str:
+        return str(self.application.save(tag))
+
+    def application_changed(self) -> None:
+        """The shell changed the application: the workers get it by a rolling restart."""
+        self.unsaved = True
+        self.restart(None)
+
+    def restart(self, done: Done | None) -> None:
+        if self.state is MasterState.STOPPING:
+            call(done, "the master is stopping")
+        else:
+            self.rollouts.restart(done)
+
+    def reload(self, discard: bool, done: Done | None) -> None:
+        """Validate the tap on disk in a child, then re-exec in place."""
+        if self.state is MasterState.STOPPING:
+            call(done, "the master is stopping")
+        elif self.rollouts.busy:
+            call(done, "a restart or reload is already in progress")
+        elif self.unsaved and not discard:
+            call(
+                done,
+                "the running application has unsaved changes; save them first "
+                "or reload with --discard to throw them away",
+            )
+        else:
+            self.rollouts.reload(
+                self.tapfile,
+                done,
+                exec_image=self.reexec,
+                stopping=lambda: self.state is MasterState.STOPPING,
+            )
+
     def stop(self, graceful: bool = True) -> None:
         if self.state is MasterState.STOPPING:
             if not graceful:  # a second, harder stop: cut the drain short
-                for worker in self.workers.values():
-                    self.kill(worker.pid, signal.SIGQUIT)
+                self.pool.signal_all(signal.SIGQUIT)
             return
         self.state = MasterState.STOPPING
-        self.abandon_changes("the master is stopping")
+        self.rollouts.abandon("the master is stopping")
         sd_notify("STOPPING=1")
         log.info("stopping (%s)", "graceful" if graceful else "fast")
-        for worker in list(self.workers.values()):
-            # One still booting has no connection to drain, and may be stuck in its
-            # factories' startFactory: waiting the graceful timeout for it only delays the stop.
-            drain = graceful and worker.state is not WorkerState.BOOTING
-            worker.state = WorkerState.BOOTING  # so stop_worker acts even on stopping ones
-            self.stop_worker(worker, drain)
+        self.pool.stop_all(graceful)
 
     def scale(self, spec: str) -> int:
         """ "N", "+N" or "-N" workers; returns the new target (at least 0)."""
-        text = str(spec).strip()
-        try:
-            number = int(text)
-        except ValueError:
-            raise ValueError(f"bad worker count {spec!r}: use N, +N or -N") from None
-        target = self.target + number if text[:1] in "+-" else number
-        self.target = max(0, target)
+        self.target = parse_scale(spec, self.target)
         log.info("target worker count: %d", self.target)
         return self.target
 
     def reopen_logs(self) -> None:
         if self.log_setup is not None:
             self.log_setup.reopen()
-        for worker in self.workers.values():
-            self.kill(worker.pid, signal.SIGUSR1)
+        self.pool.signal_all(signal.SIGUSR1)
         log.info("log files reopened")
 
     def status(self) -> dict[str, Any]:
         """JSON-able state for `forkctl status` (fields in docs/INTERNALS.md)."""
-        from forkd.supervisor.status import master_status
+        return {
+            "pid": os.getpid(),
+            "state": self.state.value,
+            "started": self.started,
+            "uptime": round(time.time() - self.started, 3),
+            "tapfile": self.tapfile,
+            "generation": self.generation,
+            "workers": status.workers(self.pool.all()),
+            "target_workers": self.target,
+            "ports": status.ports(self.application.ports),
+            "backoff": self.backoff.status(self.loop.clock()),
+            "unsaved": self.unsaved,
+        }
 
-        return master_status(self)
+    # -- reload ---------------------------------------------------------------------------
+    def snapshot(self) -> tuple[dict[str, Any], list[int]]:
+        """Everything the re-executed image needs (JSON-able), and the descriptors to keep
+        open across the exec for it (see forkd.supervisor.resume)."""
+        workers, fds = self.pool.snapshot()
+        state: dict[str, Any] = {
+            "tapfile": self.tapfile,
+            "config": asdict(self.config),
+            "target": self.target,
+            "generation": self.generation,
+            "started": self.started,
+            "application": base64.b64encode(pickle.dumps(self.application)).decode(),
+            "ports": {},
+            "workers": workers,
+            "control_fd": None,
+            "control": None,
+            "pidfile_fd": None,
+            "log": self.log_setup.path if self.log_setup is not None else None,
+            "log_redirect": self.log_setup.redirect_std if self.log_setup is not None else False,
+        }
+        for port in self.application.ports:
+            if getattr(port, "socket", None) is not None:
+                state["ports"][port_key(port)] = port.fileno()
+                fds.append(port.fileno())
+        if self.control is not None:
+            state["control_fd"] = self.control.fileno()
+            state["control"] = self.control.reexec_state()  # the requests still waiting
+            fds += [state["control_fd"], *state["control"]["fds"]]
+        if self.pidfile is not None and self.pidfile.fd is not None:
+            state["pidfile_fd"] = self.pidfile.fd
+            fds.append(self.pidfile.fd)
+        return state, fds
+
+    def reexec(self) -> str:
+        """Exec the new master image; returns (an error) only if the exec failed."""
+        state, fds = self.snapshot()
+        signals = {getattr(signal, f"SIG{name}") for name in HANDLED_SIGNALS}
+        return reexec.exec_image(state, fds, self.config.argv, signals)

@@ -1,30 +1,30 @@
-"""The master's status report: what `forkctl status` and `forkd status` show.
+"""The parts of the master's status report that describe workers and ports.
 
-Kept out of the arbiter because it only reads: pid, uptime, generation, each worker's
-counters (from its heartbeats) and RSS (psutil), the ports, the crash backoff.
+`Master.status()` assembles what `forkctl status` and `forkd status` show (fields in
+docs/INTERNALS.md); the per-worker and per-port entries are built here because they only
+read: each worker's counters (from its heartbeats) and RSS (psutil), each port's factory.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import time
 from typing import Any
 
+import psutil
+
 from forkd.ports import port_key
-from forkd.supervisor.supervision import clock
+from forkd.supervisor.supervision import WorkerProcess
 
 
 def rss_of(pid: int) -> int | None:
-    with contextlib.suppress(Exception):
-        import psutil
-
+    """Resident memory of `pid` in bytes, or None when it cannot be read (gone, denied)."""
+    with contextlib.suppress(psutil.Error, OSError):
         return int(psutil.Process(pid).memory_info().rss)
     return None
 
 
-def master_status(master: Any) -> dict[str, Any]:
-    workers = [
+def workers(processes: list[WorkerProcess]) -> list[dict[str, Any]]:
+    return [
         {
             "number": w.number,
             "pid": w.pid,
@@ -36,21 +36,11 @@ def master_status(master: Any) -> dict[str, Any]:
             "rss": rss_of(w.pid),
             "started": w.started_wall,
         }
-        for w in sorted(master.workers.values(), key=lambda w: w.number)
+        for w in sorted(processes, key=lambda w: w.number)
     ]
-    return {
-        "pid": os.getpid(),
-        "state": master.state.value,
-        "started": master.started,
-        "uptime": round(time.time() - master.started, 3),
-        "tapfile": master.tapfile,
-        "generation": master.generation,
-        "workers": workers,
-        "target_workers": master.target,
-        "ports": [
-            {"key": port_key(p), "repr": repr(p), "factory": repr(p.factory)}
-            for p in master.application.ports
-        ],
-        "backoff": master.backoff.status(clock()),
-        "unsaved": master.unsaved,
-    }
+
+
+def ports(application_ports: list[Any]) -> list[dict[str, Any]]:
+    return [
+        {"key": port_key(p), "repr": repr(p), "factory": repr(p.factory)} for p in application_ports
+    ]

@@ -21,15 +21,6 @@ KILL_GRACE = 5.0  # SIGABRT (traceback) -> SIGKILL
 SUSPEND_SLACK = 3.0  # a loop iteration this much later than it could be = we were stopped
 
 
-def clock() -> float:
-    """The master's clock. CLOCK_BOOTTIME keeps counting through SIGSTOP and system sleep,
-    so a suspended master sees the gap (CLOCK_MONOTONIC hides sleep)."""
-    try:
-        return time.clock_gettime(time.CLOCK_BOOTTIME)
-    except (AttributeError, OSError):
-        return time.monotonic()
-
-
 class MasterState(enum.Enum):
     STARTING = "starting"  # waiting for the first workers to be ready
     RUNNING = "running"
@@ -51,7 +42,7 @@ class WorkerProcess:
     number: int
     generation: int
     channel: Any
-    started: float  # clock() at spawn
+    started: float  # the master's clock at spawn
     started_wall: float = field(default_factory=time.time)
     state: WorkerState = WorkerState.BOOTING
     last_beat: float = 0.0

@@ -9,7 +9,8 @@ descriptors first). From here on, this module owns the process:
    the listening sockets inherited from the master; a boot error is sent as `boot_failed`
    and the process exits 3, which stops `forkd start` instead of a respawn loop;
 3. say `ready`, then send a `heartbeat` with the counters of `forkd.protocol.stats` every
-   HEARTBEAT_INTERVAL, and obey the master's `add_port`/`remove_port`/`stop`/`reopen_logs`;
+   HEARTBEAT_INTERVAL, and obey the master's `add_port`/`remove_port` (a stop or a log
+   reopen comes as a signal: TERM, QUIT, USR1);
 4. stop: close the servers (accepting stops here; the master keeps the sockets open for the
    other workers), call `connectionDraining()` on every open protocol, wait for them to
    close up to the graceful timeout, abort the rest, `doStop` the factories, exit 0.
@@ -34,7 +35,7 @@ import setproctitle
 from forkd.ports import port_key
 from forkd.protocol import stats
 from forkd.supervisor import logs
-from forkd.supervisor.channel import Channel, ChannelClosed, ChannelError
+from forkd.supervisor.channel import Channel, ChannelClosed, ChannelError, Op
 
 uvloop: ModuleType | None
 try:  # imported before fork and privilege drop, not when the first loop is made
@@ -150,14 +151,14 @@ class Worker:
             message = last_line(error)
             log.error("boot failed: %s", message)
             with contextlib.suppress(Exception):
-                self.channel.send_blocking({"op": "boot_failed", "error": message})
+                self.channel.send_blocking({"op": Op.BOOT_FAILED, "error": message})
             return EXIT_BOOT_FAILED
         loop.add_reader(self.channel.fileno(), self.on_channel)
         for signum, graceful in ((signal.SIGTERM, True), (signal.SIGQUIT, False)):
             loop.add_signal_handler(signum, self.stop, graceful)
         loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, DEFERRED_SIGNALS)
-        self.send({"op": "ready"})
+        self.send({"op": Op.READY})
         log.info("ready, serving %s", ", ".join(self.servers) or "no ports")
         self.heartbeat()
         graceful = await self.stopping
@@ -197,7 +198,7 @@ class Worker:
     @staticmethod
     def counters() -> dict[str, Any]:
         return {
-            "op": "heartbeat",
+            "op": Op.HEARTBEAT,
             "connections": len(stats.open),
             "accepted": stats.accepted,
             "requests": stats.requests,
@@ -288,15 +289,11 @@ class Worker:
 
     def dispatch(self, message: dict[str, Any], fds: list[int]) -> None:
         op = message["op"]
-        if op == "stop":
-            self.stop(bool(message.get("graceful", True)))
-        elif op == "reopen_logs":
-            self.reopen_logs()
-        elif op == "add_port" and fds:
+        if op == Op.ADD_PORT and fds:
             asyncio.ensure_future(self.add_port(message, fds[0]))
             for extra in fds[1:]:
                 os.close(extra)
-        elif op == "remove_port":
+        elif op == Op.REMOVE_PORT:
             self.remove_port(str(message.get("key")))
         else:
             for fd in fds:
@@ -318,10 +315,10 @@ class Worker:
             await self.serve(port)
         except Exception as error:
             log.error("cannot serve %s: %s", key, last_line(error))
-            self.send({"op": "port_failed", "key": key, "error": last_line(error)})
+            self.send({"op": Op.PORT_FAILED, "key": key, "error": last_line(error)})
             return
         log.info("serving %s", key)
-        self.send({"op": "port_added", "key": key})
+        self.send({"op": Op.PORT_ADDED, "key": key})
 
     def remove_port(self, key: str) -> None:
         if key in self.servers:
@@ -331,4 +328,4 @@ class Worker:
             except Exception:
                 log.exception("doStop of %r failed", port.factory)
             log.info("stopped serving %s", key)
-        self.send({"op": "port_removed", "key": key})
+        self.send({"op": Op.PORT_REMOVED, "key": key})

@@ -1,23 +1,24 @@
-"""The master's workers as processes: fork them, hear from them, stop, kill and reap them.
+"""`WorkerPool`: the master's record of its worker processes, and the verbs that act on them.
 
-A mixin of `forkd.supervisor.master.Master`, kept apart so the arbiter (`manage_workers`,
-signals, the loop) stays readable. Before fork / after fork: `spawn_worker` forks; in the child,
-`close_master_fds` closes every master-only descriptor and the process belongs to
-`forkd.supervisor.worker` from then on. Exit codes are the worker -> master protocol:
-`worker_exited` decodes the waitpid status, names the signal in the log, and tells the
-master (`worker_failed`) when an exit was a failure.
+One `WorkerProcess` per live worker (forkd.supervisor.supervision), keyed by pid: spawn one
+(through the fork line in `forkd.supervisor.spawn`), send it a message, hear from it,
+check its heartbeats, stop, kill and reap it. Exit codes are the worker -> master protocol:
+`exited` decodes the waitpid status, names the signal in the log, and tells the owner
+(`PoolOwner.worker_failed`) when an exit was a failure. The pool decides nothing about how
+many workers there should be: that is `Master.manage_workers`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from forkd.supervisor import logs
-from forkd.supervisor.channel import Channel, ChannelClosed, ChannelError
+from forkd.supervisor.channel import Channel, ChannelClosed, ChannelError, Op
 from forkd.supervisor.loop import Loop
 from forkd.supervisor.supervision import (
     KILL_GRACE,
@@ -27,101 +28,146 @@ from forkd.supervisor.supervision import (
     kills_due,
     overdue,
 )
-from forkd.supervisor.worker import (
-    EXIT_BOOT_FAILED,
-    HEARTBEAT_INTERVAL,
-    Worker,
-    WorkerSettings,
-    served_by_worker,
-)
+from forkd.supervisor.worker import EXIT_BOOT_FAILED
 
 log = logs.get("master")
 
+Fork = Callable[[int], tuple[int, Channel]]  # worker number -> (pid, master's channel end)
 
-class WorkerProcessesMixin:
-    """Spawning, messages, heartbeats, stopping and reaping for the Master."""
 
-    # provided by Master
-    application: Any
-    config: Any
-    log_setup: Any
-    readiness: Any
-    loop: Loop
-    tapfile: str
-    workers: dict[int, WorkerProcess]
-    generation: int
-    helpers: dict[int, Any]
+class PoolOwner(Protocol):
+    """What the pool reports to the master."""
 
-    now: Callable[[], float]  # the master's clock (one place, so tests can fake it)
-    worker_failed: Callable[[WorkerProcess, str], None]  # fail the start, roll back, back off
-    on_change_message: Callable[[WorkerProcess, dict[str, Any]], None]  # forkd.supervisor.changes
-    change_worker_exited: Callable[[WorkerProcess], None]  # forkd.supervisor.changes
+    def worker_failed(self, worker: WorkerProcess, reason: str) -> None:
+        """It died while it should have been serving (or booting)."""
+
+    def worker_reported(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
+        """It acknowledged a port change (port_added, port_failed, port_removed)."""
+
+    def worker_gone(self, worker: WorkerProcess) -> None:
+        """It has been reaped: nothing will be heard from it again."""
+
+
+class WorkerPool:
+    """The worker processes of one master, and the children that are not workers."""
+
+    def __init__(
+        self,
+        loop: Loop,
+        owner: PoolOwner,
+        fork: Fork,
+        graceful_timeout: float,
+        timeout: float,
+    ) -> None:
+        self.loop = loop
+        self.owner = owner
+        self.fork = fork
+        self.graceful_timeout = graceful_timeout
+        self.timeout = timeout
+        self.workers: dict[int, WorkerProcess] = {}
+        self.helpers: dict[int, Callable[[int], None]] = {}  # pid -> on exit(status)
+        self.generation = 1  # what newly spawned workers belong to
+
+    # -- who is there ---------------------------------------------------------------------
+    def all(self) -> list[WorkerProcess]:
+        return list(self.workers.values())
+
+    def current(self) -> list[WorkerProcess]:
+        """The current generation's workers that count toward the target."""
+        return [
+            w
+            for w in self.workers.values()
+            if w.generation == self.generation and w.alive_for_service
+        ]
+
+    def serving(self) -> list[WorkerProcess]:
+        """Workers that can still be told about a port change."""
+        return [
+            w
+            for w in self.workers.values()
+            if w.state in (WorkerState.BOOTING, WorkerState.READY) and not w.channel.closed
+        ]
 
     def next_number(self) -> int:
         used = {w.number for w in self.workers.values()}
         return next(n for n in range(1, len(used) + 2) if n not in used)
 
-    def spawn_worker(self) -> WorkerProcess:
+    # -- verbs ----------------------------------------------------------------------------
+    def spawn(self) -> WorkerProcess:
         number = self.next_number()
-        master_end, worker_end = Channel.pair()
-        pid = os.fork()
-        if pid == 0:  # -- in the worker from here on: never returns
-            master_end.sock.detach()
-            self.close_master_fds(keep=worker_end.fileno())
-            settings = WorkerSettings(
-                number=number,
-                title=os.path.basename(self.tapfile),
-                graceful_timeout=self.config.graceful_timeout,
-                # several beats per timeout: one late timer must not look like a hung worker
-                heartbeat_interval=min(HEARTBEAT_INTERVAL, self.config.timeout / 4),
-            )
-            Worker(self.application, worker_end, settings, self.log_setup).run()
-        worker_end.close()
-        worker = WorkerProcess(pid, number, self.generation, master_end, self.now())
-        self.workers[pid] = worker
-        self.loop.add_reader(master_end.fileno(), lambda: self.on_channel(worker))
+        pid, channel = self.fork(number)
+        worker = WorkerProcess(pid, number, self.generation, channel, self.loop.clock())
+        self.adopt(worker)
         log.info("spawned worker %d (pid %d, generation %d)", number, pid, self.generation)
         return worker
 
-    def close_master_fds(self, keep: int) -> None:
-        """In a new worker: close every descriptor except stdio, its channel, the listening
-        sockets it serves and the log file. Closing by allowlist also catches what the
-        control plane holds (clients, telnet sessions) without knowing about it."""
-        self.readiness.fd = None
-        allowed = {0, 1, 2, keep}
-        for port in self.application.ports:
-            if served_by_worker(port) and getattr(port, "socket", None) is not None:
-                allowed.add(port.fileno())
-        if self.log_setup is not None:
-            allowed.add(self.log_setup.fault_fd())
-        low = 0
-        for fd in sorted(allowed):
-            if fd > low:
-                os.closerange(low, fd)
-            low = fd + 1
-        os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+    def adopt(self, worker: WorkerProcess) -> None:
+        """Take `worker` into the pool and listen to its channel (a spawn, or a re-exec)."""
+        self.workers[worker.pid] = worker
+        self.loop.add_reader(worker.channel.fd, functools.partial(self.on_channel, worker))
 
-    def stop_worker(self, worker: WorkerProcess, graceful: bool) -> None:
+    def stop(self, worker: WorkerProcess, graceful: bool) -> None:
         """Ask a worker to stop; SIGKILL it if it outlives the graceful timeout."""
         if worker.state is WorkerState.STOPPING:
             return
         worker.state = WorkerState.STOPPING
-        grace = self.config.graceful_timeout if graceful else 0.0
-        worker.kill_at = self.now() + grace + KILL_GRACE
+        grace = self.graceful_timeout if graceful else 0.0
+        worker.kill_at = self.loop.clock() + grace + KILL_GRACE
         self.kill(worker.pid, signal.SIGTERM if graceful else signal.SIGQUIT)
 
-    def kill(self, pid: int, signum: int) -> None:
+    def stop_all(self, graceful: bool) -> None:
+        """The master is stopping: every worker, even one already stopping, is told now."""
+        for worker in self.all():
+            # One still booting has no connection to drain, and may be stuck in its
+            # factories' startFactory: waiting the graceful timeout for it only delays the stop.
+            drain = graceful and worker.state is not WorkerState.BOOTING
+            worker.state = WorkerState.BOOTING  # so stop() acts even on stopping ones
+            self.stop(worker, drain)
+
+    def signal_all(self, signum: int) -> None:
+        for worker in self.all():
+            self.kill(worker.pid, signum)
+
+    @staticmethod
+    def kill(pid: int, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError):  # gone: the reaper will hear of it
             os.kill(pid, signum)
 
-    def check_workers(self, now: float) -> None:
-        for worker in overdue(list(self.workers.values()), now, self.config.timeout):
+    def send(
+        self, worker: WorkerProcess, message: dict[str, Any], fds: list[int] | tuple[int, ...] = ()
+    ) -> bool:
+        """Send to a worker without blocking the loop; False if its channel is gone."""
+        channel = worker.channel
+        try:
+            channel.send(message, fds)
+        except ChannelClosed:
+            return False
+        if channel.wants_write:
+
+            def flush() -> None:
+                try:
+                    if not channel.flush():
+                        return
+                except ChannelClosed:
+                    # closed just now, so its number is not yet anyone else's: drop the
+                    # whole registration while forgetting it still means this channel
+                    self.loop.forget(channel.fd)
+                    return
+                self.loop.remove_writer(channel.fd)
+
+            self.loop.add_writer(channel.fd, flush)
+        return True
+
+    # -- heartbeats -----------------------------------------------------------------------
+    def check(self, now: float) -> None:
+        """Abort workers silent past the timeout; SIGKILL those past their deadline."""
+        for worker in overdue(self.all(), now, self.timeout):
             # Its heartbeats may be sitting unread in our socket buffer: after the master
             # itself was stopped, select() can time out before it reports the channel
             # readable. Read them before calling the worker silent.
             if not worker.channel.closed:
                 self.on_channel(worker)
-            if now - worker.last_beat <= self.config.timeout:
+            if now - worker.last_beat <= self.timeout:
                 continue
             log.error(
                 "worker %d (pid %d) sent no heartbeat for %.1fs: aborting it (SIGABRT)",
@@ -132,11 +178,12 @@ class WorkerProcessesMixin:
             worker.state = WorkerState.TIMED_OUT
             worker.kill_at = now + KILL_GRACE
             self.kill(worker.pid, signal.SIGABRT)
-        for worker in kills_due(list(self.workers.values()), now):
+        for worker in kills_due(self.all(), now):
             log.error("worker %d (pid %d) did not exit: SIGKILL", worker.number, worker.pid)
             worker.kill_at = None
             self.kill(worker.pid, signal.SIGKILL)
 
+    # -- messages -------------------------------------------------------------------------
     def on_channel(self, worker: WorkerProcess) -> None:
         try:
             messages = worker.channel.receive()
@@ -154,20 +201,23 @@ class WorkerProcessesMixin:
 
     def on_message(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
         op = message["op"]
-        now = self.now()
-        if op == "heartbeat":
+        now = self.loop.clock()
+        if op == Op.HEARTBEAT:
             worker.beat(now, message)
-        elif op == "ready":
+        elif op == Op.READY:
             worker.beat(now, message)
             worker.was_ready = True
             if worker.state is WorkerState.BOOTING:
                 worker.state = WorkerState.READY
             log.info("worker %d (pid %d) ready", worker.number, worker.pid)
-        elif op == "boot_failed":
+        elif op == Op.BOOT_FAILED:
             worker.boot_error = str(message.get("error", "unknown error"))
+        elif op in (Op.PORT_ADDED, Op.PORT_FAILED, Op.PORT_REMOVED):
+            self.owner.worker_reported(worker, message)
         else:
-            self.on_change_message(worker, message)
+            log.warning("worker %d sent an unknown message %r", worker.number, op)
 
+    # -- exits ----------------------------------------------------------------------------
     def reap(self) -> None:
         """Collect every exited child (workers, helpers, and strays)."""
         for _ in range(10000):
@@ -178,13 +228,13 @@ class WorkerProcessesMixin:
             if pid == 0:
                 return
             if pid in self.workers:
-                self.worker_exited(self.workers.pop(pid), status)
+                self.exited(self.workers.pop(pid), status)
             elif pid in self.helpers:
                 self.helpers.pop(pid)(status)
             else:
                 log.info("reaped unknown child %d: %s", pid, describe_status(status)[0])
 
-    def worker_exited(self, worker: WorkerProcess, status: int) -> None:
+    def exited(self, worker: WorkerProcess, status: int) -> None:
         text, code, _ = describe_status(status)
         if not worker.channel.closed:
             # Only while open: once closed, its number may already be another socket's
@@ -201,12 +251,57 @@ class WorkerProcessesMixin:
         elif code == EXIT_BOOT_FAILED:
             reason = worker.boot_error or text
             log.error("%s failed to boot: %s", what, reason)
-            self.worker_failed(worker, f"worker failed to boot: {reason}")
+            self.owner.worker_failed(worker, f"worker failed to boot: {reason}")
         elif worker.state is WorkerState.STOPPING:
             log.warning("%s %s while stopping, %s", what, text, served)
         else:
             if worker.state is WorkerState.TIMED_OUT:
-                text = f"was silent past --timeout {self.config.timeout:g}s ({text})"
+                text = f"was silent past --timeout {self.timeout:g}s ({text})"
             log.error("%s %s, %s", what, text, served)
-            self.worker_failed(worker, f"worker {worker.number} {text} during boot")
-        self.change_worker_exited(worker)
+            self.owner.worker_failed(worker, f"worker {worker.number} {text} during boot")
+        self.owner.worker_gone(worker)
+
+    # -- across a re-exec -----------------------------------------------------------------
+    def snapshot(self) -> tuple[list[dict[str, Any]], list[int]]:
+        """Each live worker as JSON, and the channel descriptors to keep across the exec."""
+        entries, fds = [], []
+        now = self.loop.clock()
+        for worker in self.all():
+            if worker.channel.closed:
+                continue
+            try:  # what is queued for it would be forgotten by the exec
+                worker.channel.flush_blocking(1.0)
+            except OSError as error:
+                log.warning("reload: worker %d: cannot flush its channel: %s", worker.number, error)
+            entries.append(
+                {
+                    "pid": worker.pid,
+                    "number": worker.number,
+                    "generation": worker.generation,
+                    "fd": worker.channel.fileno(),
+                    "state": worker.state.value,
+                    "was_ready": worker.was_ready,
+                    # a draining worker's SIGKILL deadline, as seconds from now: a relative
+                    # deadline needs no clock shared between the two images
+                    "kill_in": None if worker.kill_at is None else worker.kill_at - now,
+                }
+            )
+            fds.append(worker.channel.fileno())
+        return entries, fds
+
+    def restore(self, entries: list[dict[str, Any]]) -> None:
+        """In the new image: adopt the workers `snapshot` described."""
+        now = self.loop.clock()
+        for entry in entries:
+            os.set_inheritable(entry["fd"], False)
+            channel = Channel.from_fd(entry["fd"])
+            worker = WorkerProcess(entry["pid"], entry["number"], entry["generation"], channel, now)
+            worker.state = WorkerState(entry["state"])
+            worker.was_ready = bool(entry.get("was_ready", worker.state is not WorkerState.BOOTING))
+            if entry.get("kill_in") is not None:
+                worker.kill_at = now + max(0.0, float(entry["kill_in"]))
+            elif worker.state is WorkerState.TIMED_OUT:  # from an image that kept no deadline
+                worker.kill_at = now
+            elif worker.state is WorkerState.STOPPING:
+                worker.kill_at = now + self.graceful_timeout + KILL_GRACE
+            self.adopt(worker)

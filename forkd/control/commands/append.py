@@ -24,6 +24,7 @@ from typing import Any
 
 from forkd import tapfile, taps
 from forkd.app import Application
+from forkd.control.api import MasterAPI
 from forkd.control.commands import _args, _tapedit
 from forkd.control.reply import CommandError, Reply
 from forkd.ports import PortError, port_key
@@ -91,7 +92,7 @@ def build_ports(module_name: str, options: list[str]) -> tuple[list[Any], str | 
     return ports, None
 
 
-def execute(master: Any, args: dict[str, Any], reply: Reply) -> None:
+def execute(master: MasterAPI, args: dict[str, Any], reply: Reply) -> None:
     module_name = _args.required_text(args, "name")
     options = _args.text_list(args, "options")
     save = _args.flag(args, "save", True)

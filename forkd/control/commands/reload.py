@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from forkd.control.api import MasterAPI
 from forkd.control.commands import _args
 from forkd.control.reply import CommandError, Reply
 
@@ -33,9 +34,9 @@ def request_args(namespace: argparse.Namespace) -> dict[str, Any]:
     return {"discard": bool(namespace.discard)}
 
 
-def execute(master: Any, args: dict[str, Any], reply: Reply) -> None:
+def execute(master: MasterAPI, args: dict[str, Any], reply: Reply) -> None:
     discard = _args.flag(args, "discard")
-    if getattr(master, "unsaved", False) and not discard:
+    if master.unsaved and not discard:
         raise CommandError(
             "refusing to reload: the application has unsaved shell edits that the tap on disk "
             "lacks; run 'forkctl save' to keep them or 'forkctl reload --discard' to drop them"

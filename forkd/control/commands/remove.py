@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from forkd.control.api import MasterAPI
 from forkd.control.commands import _args, _tapedit
 from forkd.control.reply import CommandError, Reply
 from forkd.ports import PortError, port_key
@@ -35,7 +36,7 @@ def request_args(namespace: argparse.Namespace) -> dict[str, Any]:
     return {"address": namespace.address, "save": not namespace.no_save}
 
 
-def execute(master: Any, args: dict[str, Any], reply: Reply) -> None:
+def execute(master: MasterAPI, args: dict[str, Any], reply: Reply) -> None:
     address = _args.required_text(args, "address")
     save = _args.flag(args, "save", True)
     application = master.application

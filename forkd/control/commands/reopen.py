@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from forkd.control.api import MasterAPI
 from forkd.control.reply import Reply
 
 name = "reopen"
@@ -24,7 +25,7 @@ def request_args(namespace: argparse.Namespace) -> dict[str, Any]:
     return {}
 
 
-def execute(master: Any, args: dict[str, Any], reply: Reply) -> None:
+def execute(master: MasterAPI, args: dict[str, Any], reply: Reply) -> None:
     master.reopen_logs()
     reply(None, {})
 

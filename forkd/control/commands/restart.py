@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from forkd.control.api import MasterAPI
 from forkd.control.reply import Reply
 
 name = "restart"
@@ -27,7 +28,7 @@ def request_args(namespace: argparse.Namespace) -> dict[str, Any]:
     return {}
 
 
-def execute(master: Any, args: dict[str, Any], reply: Reply) -> None:
+def execute(master: MasterAPI, args: dict[str, Any], reply: Reply) -> None:
     master.restart(reply)
 
 

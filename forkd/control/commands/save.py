@@ -16,6 +16,7 @@ import argparse
 import os
 from typing import Any
 
+from forkd.control.api import MasterAPI
 from forkd.control.commands import _args
 from forkd.control.reply import CommandError, Reply
 from forkd.tapfile import TapError
@@ -32,7 +33,7 @@ def request_args(namespace: argparse.Namespace) -> dict[str, Any]:
     return {"tag": namespace.tag} if namespace.tag else {}
 
 
-def execute(master: Any, args: dict[str, Any], reply: Reply) -> None:
+def execute(master: MasterAPI, args: dict[str, Any], reply: Reply) -> None:
     tag = _args.text(args, "tag")
     try:
         path = master.save(tag or None)

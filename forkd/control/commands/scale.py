@@ -12,6 +12,7 @@ import argparse
 import re
 from typing import Any
 
+from forkd.control.api import MasterAPI
 from forkd.control.commands import _args
 from forkd.control.reply import CommandError, Reply
 
@@ -28,7 +29,7 @@ def request_args(namespace: argparse.Namespace) -> dict[str, Any]:
     return {"spec": namespace.spec}
 
 
-def execute(master: Any, args: dict[str, Any], reply: Reply) -> None:
+def execute(master: MasterAPI, args: dict[str, Any], reply: Reply) -> None:
     spec = _args.required_text(args, "spec")
     if not SPEC.fullmatch(spec):
         raise CommandError(f"bad worker count {spec[:32]!r}: give N, +N or -N")

@@ -14,6 +14,7 @@ import argparse
 import json
 from typing import Any
 
+from forkd.control.api import MasterAPI
 from forkd.control.reply import Reply
 
 name = "status"
@@ -28,7 +29,7 @@ def request_args(namespace: argparse.Namespace) -> dict[str, Any]:
     return {}
 
 
-def execute(master: Any, args: dict[str, Any], reply: Reply) -> None:
+def execute(master: MasterAPI, args: dict[str, Any], reply: Reply) -> None:
     reply(None, master.status())
 
 

@@ -14,6 +14,7 @@ import argparse
 import os
 from typing import Any
 
+from forkd.control.api import MasterAPI
 from forkd.control.commands import _args
 from forkd.control.reply import Reply
 
@@ -33,7 +34,7 @@ def request_args(namespace: argparse.Namespace) -> dict[str, Any]:
     return {"now": bool(namespace.now)}
 
 
-def execute(master: Any, args: dict[str, Any], reply: Reply) -> None:
+def execute(master: MasterAPI, args: dict[str, Any], reply: Reply) -> None:
     now = _args.flag(args, "now")
     reply(None, {"pid": os.getpid(), "graceful": not now})
     master.stop(graceful=not now)
