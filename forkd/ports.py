@@ -26,7 +26,7 @@ import errno
 import os
 import socket
 import stat
-from typing import Any, Protocol
+from typing import Any
 
 from forkd.protocol import protocol_factory
 
@@ -61,21 +61,6 @@ def remove_stale_unix_socket(path: str) -> bool:
     finally:
         probe.close()
     return True
-
-
-class ListeningPort(Protocol):
-    """What the master and workers need of a port (structural: no base class required)."""
-
-    factory: Any
-
-    def startListening(self) -> None: ...
-
-    def fileno(self) -> int: ...
-
-    def stopListening(self) -> None: ...
-
-    @property
-    def key(self) -> str: ...
 
 
 def factory_name(factory: Any) -> str:

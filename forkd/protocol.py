@@ -307,7 +307,7 @@ class _ProtocolAdapter(Protocol):
             draining()
 
 
-class _Deferred(asyncio.Protocol):
+class _BuildOnConnect(asyncio.Protocol):
     """Calls a custom buildProtocol(addr) with the peer's address, then hands the transport to
     the protocol it built. Used only for factories that override buildProtocol, since the
     event loop builds protocols before it knows the address."""
@@ -392,7 +392,7 @@ def protocol_factory(factory: Factory, server: Any = None) -> Callable[[], async
         or not isinstance(factory.protocol, type)
         or not issubclass(factory.protocol, Protocol)
     ):
-        return lambda: _Deferred(factory, server)
+        return lambda: _BuildOnConnect(factory, server)
     protocol_class = factory.protocol
 
     def build() -> asyncio.BaseProtocol:

@@ -67,6 +67,39 @@ def available() -> list[tuple[str, str]]:
     return listing
 
 
+class BadTap(Exception):
+    """A tap module's getPorts returned something forkd cannot serve; the message says what."""
+
+
+def load(name: str) -> ModuleType:
+    """Find and import tap module `name` (mktap and `forkctl append` alike): any failure,
+    the module's own top-level code raising included, is one line in a TapNotFound."""
+    try:
+        return find(name)
+    except TapNotFound:
+        raise
+    except ImportError as error:
+        raise TapNotFound(f"tap module {name!r} does not import: {error}") from None
+    except Exception as error:
+        raise TapNotFound(
+            f"tap module {name!r} does not import: {type(error).__name__}: {error}"
+        ) from None
+
+
+def make_options(module: ModuleType, name: str, synopsis: str = "") -> Any:
+    """A fresh instance of the module's Options (mktap and `forkctl append` alike); Options
+    that cannot even be made are a BadTap with one line."""
+    try:
+        config = options_for(module)
+    except Exception as error:
+        raise BadTap(
+            f"tap module {name!r}: its Options cannot be created: {type(error).__name__}: {error}"
+        ) from None
+    if synopsis and not getattr(config, "synopsis", None):
+        config.synopsis = synopsis
+    return config
+
+
 def options_for(module: ModuleType) -> Any:
     """A fresh Options instance for `module`, carrying its usage_message for --help."""
     config = module.Options()
@@ -75,9 +108,6 @@ def options_for(module: ModuleType) -> Any:
         config.longdesc = message
     return config
 
-
-class BadTap(Exception):
-    """A tap module's getPorts returned something forkd cannot serve; the message says what."""
 
 
 def checked_pairs(name: str, result: Any) -> list[tuple[Any, Any]]:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from forkd.control.commands import scale as scale_spec
 from forkd.control.masterports import MasterPorts
 from forkd.ports import port_key
 from forkd.testing import DelayedCall as Timer
@@ -225,11 +226,8 @@ class FakeMaster:
 
     def scale(self, spec: str) -> int:
         self.calls.append(("scale", spec))
-        target = self.target + int(spec) if spec[0] in "+-" else int(spec)
-        if target < 1:
-            raise ValueError(f"cannot scale to {target} workers: at least 1")
-        self.target = target
-        return target
+        self.target = scale_spec.parse(spec, self.target)
+        return self.target
 
     def reopen_logs(self) -> None:
         self.calls.append(("reopen_logs", None))

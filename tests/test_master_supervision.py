@@ -51,9 +51,6 @@ class FakeReadiness:
     def failed(self, reason: str) -> None:
         self.events.append(f"failed: {reason}")
 
-    def close(self) -> None:
-        pass
-
 
 class FakeClock:
     """The master's time as a number a test sets (the loop reads it)."""

@@ -91,26 +91,12 @@ def refuse_overwriting_other_file(path: str) -> None:
 
 def make(args: argparse.Namespace) -> str:
     """Build or extend the application; return the path written."""
+    synopsis = f"Usage: mktap [mktap options] {args.name} [{args.name} options]"
     try:
-        module = taps.find(args.name)
-    except taps.TapNotFound as error:
+        module = taps.load(args.name)
+        config = taps.make_options(module, args.name, synopsis)
+    except (taps.TapNotFound, taps.BadTap) as error:
         raise Failure(str(error)) from None
-    except ImportError as error:
-        raise Failure(f"tap module {args.name!r} does not import: {error}") from None
-    except Exception as error:  # raised by the module's own top-level code
-        raise Failure(
-            f"tap module {args.name!r} does not import: {type(error).__name__}: {error}"
-        ) from None
-
-    try:
-        config = taps.options_for(module)
-    except Exception as error:
-        raise Failure(
-            f"tap module {args.name!r}: its Options cannot be created: "
-            f"{type(error).__name__}: {error}"
-        ) from None
-    if not getattr(config, "synopsis", None):
-        config.synopsis = f"Usage: mktap [mktap options] {args.name} [{args.name} options]"
     try:
         config.parseOptions(args.options)
     except UsageError as error:

@@ -42,13 +42,6 @@ class Readiness:
     def failed(self, reason: str) -> None:
         self._send("error: " + " ".join(reason.split()))
 
-    def close(self) -> None:
-        """Forget the pipe in a forked worker (the master alone reports readiness)."""
-        if self.fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
-            self.fd = None
-
 
 def daemonize(umask: int = 0o022) -> Readiness:
     """Detach from the terminal; return in the daemon only. The original process waits

@@ -36,6 +36,7 @@ import psutil  # noqa: F401  (forkd.supervisor.status reads worker RSS with it)
 import setproctitle
 
 from forkd.control.api import Done
+from forkd.control.commands import scale as scale_spec
 from forkd.control.masterports import MasterPorts
 from forkd.control.server import ControlServer
 from forkd.ports import PortError, port_key
@@ -59,7 +60,7 @@ from forkd.supervisor.supervision import (
 from forkd.supervisor.worker import HEARTBEAT_INTERVAL, WorkerSettings, served_by_worker
 from forkd.supervisor.workers import WorkerPool
 
-__all__ = ["HANDLED_SIGNALS", "Master", "MasterConfig", "MasterState", "parse_scale"]
+__all__ = ["HANDLED_SIGNALS", "Master", "MasterConfig", "MasterState"]
 
 log = logs.get("master")
 
@@ -79,16 +80,6 @@ class MasterConfig:
     control_path: str | None = None
     pidfile_path: str | None = None
     argv: list[str] = field(default_factory=list)  # `forkd start ...` arguments, for re-exec
-
-
-def parse_scale(spec: str, current: int) -> int:
-    """The target a scale spec asks for: "N", "+N" or "-N" workers, at least 0."""
-    text = str(spec).strip()
-    try:
-        number = int(text)
-    except ValueError:
-        raise ValueError(f"bad worker count {spec!r}: use N, +N or -N") from None
-    return max(0, current + number if text[:1] in "+-" else number)
 
 
 class Master:
@@ -459,7 +450,7 @@ class Master:
 
     def scale(self, spec: str) -> int:
         """ "N", "+N" or "-N" workers; returns the new target (at least 0)."""
-        self.target = parse_scale(spec, self.target)
+        self.target = scale_spec.parse(spec, self.target)
         log.info("target worker count: %d", self.target)
         return self.target
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from forkd.control.api import Done
 from forkd.control.reply import CommandError
 
 
@@ -35,9 +36,6 @@ def text_list(args: dict[str, Any], key: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise CommandError(f"argument {key!r} must be a list of strings")
     return value
-
-
-Done = Callable[[str | None, dict[str, Any] | None], None]
 
 
 class Gather:

@@ -53,21 +53,14 @@ def request_args(namespace: argparse.Namespace) -> dict[str, Any]:
 
 def build_ports(module_name: str, options: list[str]) -> tuple[list[Any], str | None]:
     """The ports tap module `module_name` makes with `options`, or its --help text."""
-    try:
-        module = taps.find(module_name)
-    except taps.TapNotFound as error:
-        raise CommandError(str(error)) from None
-    except ImportError as error:
-        raise CommandError(f"tap module {module_name!r} does not import: {error}") from None
-    except Exception as error:  # the module's own top-level code raised
-        raise CommandError(
-            f"tap module {module_name!r} does not import: {type(error).__name__}: {error}"
-        ) from None
     printed = io.StringIO()
     try:
-        config = taps.options_for(module)
+        module = taps.load(module_name)
+        config = taps.make_options(module, module_name)
         with contextlib.redirect_stdout(printed):
             config.parseOptions(options)
+    except (taps.TapNotFound, taps.BadTap) as error:
+        raise CommandError(str(error)) from None
     except SystemExit:  # --help: the text goes back to forkctl, the master stays up
         return [], printed.getvalue()
     except UsageError as error:

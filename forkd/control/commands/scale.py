@@ -21,6 +21,16 @@ timeout = 10.0
 SPEC = re.compile(r"[+-]?[0-9]{1,4}")
 
 
+def parse(spec: str, current: int) -> int:
+    """The target a spec asks for, at least 0: the one parser of N, +N and -N (the master's
+    `scale`, its TTIN/TTOU signals and this command all use it)."""
+    text = str(spec).strip()
+    if not SPEC.fullmatch(text):
+        raise ValueError(f"bad worker count {text[:32]!r}: give N, +N or -N")
+    number = int(text)
+    return max(0, current + number if text[:1] in "+-" else number)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", metavar="N|+N|-N", help="worker count, or a change to it")
 
@@ -31,8 +41,6 @@ def request_args(namespace: argparse.Namespace) -> dict[str, Any]:
 
 def execute(master: MasterAPI, args: dict[str, Any], reply: Reply) -> None:
     spec = _args.required_text(args, "spec")
-    if not SPEC.fullmatch(spec):
-        raise CommandError(f"bad worker count {spec[:32]!r}: give N, +N or -N")
     try:
         target = master.scale(spec)
     except ValueError as error:
