@@ -224,11 +224,7 @@ class Master:
                 log.error("cannot save the shutdown tap: %s", error)
         # one guard per step, each logged: a port that fails to unserve must still close,
         # and nothing here may keep the pidfile from being released
-        for port in self.application.ports:
-            key = port_key(port)
-            self._cleanup(f"stop serving {key} in the master", self.master_ports.unserve, port)
-            self._cleanup(f"close {key}", port.stopListening)
-        self._cleanup("close the retired ports", self.rollouts.close_retired)
+        self.stop_listening()
         self._cleanup("stop the master-served ports", self.master_ports.close)
         if self.control is not None:
             self._cleanup("close the control socket", self.control.close)
@@ -447,6 +443,19 @@ class Master:
         sd_notify("STOPPING=1")
         log.info("stopping (%s)", "graceful" if graceful else "fast")
         self.pool.stop_all(graceful)
+        self.stop_listening()
+
+    def stop_listening(self) -> None:
+        """Close every listening socket now, as gunicorn and nginx do on a stop (not on a
+        reload): the workers close their copies as they start draining, so with the
+        master's closed too a new connection is refused at once (a load balancer retries
+        elsewhere) instead of waiting in the backlog for the whole drain and then being
+        reset. Connections already accepted finish as before."""
+        for port in self.application.ports:
+            key = port_key(port)
+            self._cleanup(f"stop serving {key} in the master", self.master_ports.unserve, port)
+            self._cleanup(f"close {key}", port.stopListening)
+        self._cleanup("close the retired ports", self.rollouts.close_retired)
 
     def scale(self, spec: str) -> int:
         """ "N", "+N" or "-N" workers; returns the new target (at least 0)."""
