@@ -109,7 +109,6 @@ def options_for(module: ModuleType) -> Any:
     return config
 
 
-
 def checked_pairs(name: str, result: Any) -> list[tuple[Any, Any]]:
     """`getPorts`' result as a list of (port, factory), or BadTap naming what is wrong.
 

@@ -22,6 +22,7 @@ import logging
 import socket
 from typing import Any
 
+from forkd.control.accepting import AcceptPause
 from forkd.control.api import MasterAPI
 from forkd.control.writer import BufferedWriter
 from forkd.ports import port_key
@@ -177,10 +178,17 @@ class MasterPortServer:
         self.key = port_key(port)
         self.connections: dict[MasterConnection, None] = {}  # ordered: oldest first
         self._listening = False
+        self.accept_errors = AcceptPause(
+            master, log, f"master port {self.key}", self._pause, self.start
+        )
 
     def start(self) -> None:
         self.master.add_reader(self.port, self.doRead)
         self._listening = True
+
+    def _pause(self) -> None:
+        self._listening = False
+        self.master.remove_reader(self.port)
 
     def doRead(self) -> None:
         for _ in range(8):  # bounded per wake-up
@@ -188,8 +196,8 @@ class MasterPortServer:
                 sock, address = self.port.socket.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as error:
-                log.warning("master port %s: accept failed: %s", self.key, error)
+            except OSError as error:  # EMFILE and friends: pause, keep serving the others
+                self.accept_errors.failed(error)
                 return
             try:
                 self._admit(sock, address)
@@ -226,6 +234,7 @@ class MasterPortServer:
 
     def stop(self) -> None:
         """Stop accepting and close every connection (the port itself is the caller's)."""
+        self.accept_errors.cancel()
         if self._listening:
             self._listening = False
             with contextlib.suppress(Exception):

@@ -38,6 +38,7 @@ import struct
 import time
 from typing import Any
 
+from forkd.control.accepting import AcceptPause
 from forkd.control.api import MasterAPI
 from forkd.control.commands import server_handlers
 from forkd.control.connection import MAX_OUTPUT_BUFFER, ClientConnection
@@ -133,6 +134,9 @@ class ControlServer:
         self.refused = 0
         self.pending_replies: set[Reply] = set()  # accepted requests not answered yet
         self._reload_replies: list[Reply] = []  # adopted across a re-exec
+        self.accept_errors = AcceptPause(
+            master, log, "control", self._stop_accepting, self._start_accepting
+        )
 
     @property
     def handlers(self) -> dict[str, Handler]:
@@ -147,8 +151,16 @@ class ControlServer:
         sock.setblocking(False)
         sock.set_inheritable(False)
         self.sock = sock
-        self.master.add_reader(sock, self._on_accept)
+        self._start_accepting()
         self._schedule_sweep()
+
+    def _start_accepting(self) -> None:
+        if self.sock is not None:
+            self.master.add_reader(self.sock, self._on_accept)
+
+    def _stop_accepting(self) -> None:
+        if self.sock is not None:
+            self.master.remove_reader(self.sock)
 
     def _create(self) -> socket.socket:
         check_path(self.path)
@@ -193,6 +205,7 @@ class ControlServer:
         """Stop serving: close every client and the socket, and remove the socket file."""
         for client in list(self.clients):
             client.close()
+        self.accept_errors.cancel()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -257,8 +270,8 @@ class ControlServer:
                 conn, _ = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as error:  # EMFILE and friends: log, keep the loop alive
-                log.warning("control: accept failed: %s", error)
+            except OSError as error:  # EMFILE and friends: pause, keep serving the others
+                self.accept_errors.failed(error)
                 return
             try:
                 self._admit(conn)
@@ -330,7 +343,8 @@ class ControlServer:
             self.master.remove_reader(self.sock)
         self.sock.close()
         self.sock = sock
-        self.master.add_reader(sock, self._on_accept)
+        if not self.accept_errors.paused:
+            self._start_accepting()
         log.warning("control: socket file %s was deleted; created it again", self.path)
 
     # -- requests -------------------------------------------------------------------------

@@ -1,0 +1,60 @@
+"""Out of descriptors, the control socket and master-served ports pause instead of spinning."""
+
+from __future__ import annotations
+
+import errno
+import pathlib
+import socket
+from typing import Any
+
+from fakemaster import FakeMaster
+
+from forkd.app import Application
+from forkd.control.server import ControlServer
+
+
+class OutOfFiles:
+    """The listening socket while the process has no descriptor left: accept fails."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.accepts = 0
+        self.failing = True
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def accept(self) -> Any:
+        self.accepts += 1
+        if self.failing:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return self.sock.accept()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_the_control_socket_pauses_on_emfile_then_accepts_again(tmp_path: pathlib.Path) -> None:
+    master = FakeMaster(Application("app"))
+    control = ControlServer(master, str(tmp_path / "app.ctl"))
+    control.listen()
+    control.accept_errors.pause = 0.2
+    assert control.sock is not None
+    failing = OutOfFiles(control.sock)
+    master.remove_reader(control.sock)
+    control.sock = failing  # type: ignore[assignment]
+    control._start_accepting()
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(control.path)  # pending: the listening socket stays readable
+    try:
+        for _ in range(50):
+            master.step(0.001)
+        assert failing.accepts == 1, "one failed accept, then the socket is out of the loop"
+        assert control.accept_errors.paused
+        failing.failing = False
+        master.run_until(lambda: len(control.clients) == 1, timeout=5)
+        assert not control.accept_errors.paused
+    finally:
+        client.close()
+        control.close()
+    assert master.loop_errors == []
