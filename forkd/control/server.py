@@ -295,7 +295,7 @@ class ControlServer:
                 )
             conn.close()
             return
-        if len(self.clients) >= MAX_CLIENTS:
+        if len(self.clients) >= MAX_CLIENTS and not self._evict_idle():
             with contextlib.suppress(OSError):
                 conn.send(encode(error_response(None, "too many control clients; try again")))
             conn.close()
@@ -303,6 +303,22 @@ class ControlServer:
         client = ClientConnection(self, conn, uid)
         self.clients.add(client)
         self.master.add_reader(conn, client.on_readable)
+
+    def _evict_idle(self) -> bool:
+        """Make room for a new client by closing the one idle longest (no request running,
+        nothing left to send; an open shell session only if no other is idle). Why: a
+        script that leaks connections must not lock the administrator out of forkctl."""
+        idle = [c for c in self.clients if not c.pending and not c.output.pending]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda c: (bool(c.session), c.last_activity))
+        log.warning(
+            "control: %d clients connected; closing the one idle longest (uid %s)",
+            len(self.clients),
+            oldest.uid,
+        )
+        oldest.close()
+        return True
 
     def forget(self, client: ClientConnection) -> None:
         self.clients.discard(client)

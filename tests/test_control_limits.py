@@ -1,4 +1,4 @@
-"""Out of descriptors, the control socket and master-served ports pause instead of spinning."""
+"""The control socket under exhaustion: out of descriptors, and out of client slots."""
 
 from __future__ import annotations
 
@@ -56,5 +56,32 @@ def test_the_control_socket_pauses_on_emfile_then_accepts_again(tmp_path: pathli
         assert not control.accept_errors.paused
     finally:
         client.close()
+        control.close()
+    assert master.loop_errors == []
+
+
+def test_a_full_control_socket_evicts_its_longest_idle_client(tmp_path: pathlib.Path) -> None:
+    """200 leaked idle connections of the same uid do not lock the administrator out."""
+    from forkd.control.client import request
+    from forkd.control.server import MAX_CLIENTS
+
+    master = FakeMaster(Application("app"))
+    control = ControlServer(master, str(tmp_path / "app.ctl"))
+    control.listen()
+    leaked = []
+    try:
+        with master.running():
+            for _ in range(200):
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.connect(control.path)
+                leaked.append(sock)
+            answered = sum(
+                1 for _ in range(20) if request(control.path, "status", timeout=5)["pid"]
+            )
+            assert answered == 20
+            assert len(control.clients) <= MAX_CLIENTS
+    finally:
+        for sock in leaked:
+            sock.close()
         control.close()
     assert master.loop_errors == []
