@@ -97,8 +97,8 @@ def make_master(monkeypatch: pytest.MonkeyPatch, workers: int = 2, **config: Any
     master.pool.fork = fork
     spawn = master.pool.spawn
 
-    def spawn_and_record() -> WorkerProcess:
-        worker = spawn()
+    def spawn_and_record(**how: Any) -> WorkerProcess:
+        worker = spawn(**how)
         master.spawned.append(worker)
         return worker
 

@@ -80,8 +80,8 @@ def master(monkeypatch: pytest.MonkeyPatch) -> Any:
     m.pool.fork = lambda number: (1000 + len(m.spawned), FakeChannel())
     spawn = m.pool.spawn
 
-    def spawn_and_record() -> WorkerProcess:
-        worker = spawn()
+    def spawn_and_record(**how: Any) -> WorkerProcess:
+        worker = spawn(**how)
         m.spawned.append(worker)
         return worker
 

@@ -49,13 +49,13 @@ from forkd.supervisor.pidfile import PidFile
 from forkd.supervisor.port_changes import PortChanges, call
 from forkd.supervisor.rollout import Rollouts
 from forkd.supervisor.supervision import (
-    Backoff,
     MasterState,
+    SlotBackoff,
     SuspendDetector,
     WorkerProcess,
     WorkerState,
     excuse,
-    stable,
+    failed_early,
 )
 from forkd.supervisor.worker import HEARTBEAT_INTERVAL, WorkerSettings, served_by_worker
 from forkd.supervisor.workers import WorkerPool
@@ -108,7 +108,7 @@ class Master:
         self.rollouts = Rollouts(self.pool)
         self.control: ControlServer | None = None
         self.target = max(0, config.workers)
-        self.backoff = Backoff()
+        self.backoff = SlotBackoff()  # respawn delays of slots failing early
         self.suspend = SuspendDetector()
         self.state = MasterState.STARTING
         self.started = time.time()
@@ -308,16 +308,17 @@ class Master:
         now = self.loop.clock()
         current = self.pool.current()
         if len(current) < self.target:
-            if self.state is MasterState.STARTING or self.backoff.may_spawn(now):
-                for _ in range(self.target - len(current)):
-                    self.pool.spawn()
+            waiting = self.backoff.waiting(now) if self.state is MasterState.RUNNING else set()
+            for _ in range(self.target - len(current) - len(waiting)):
+                self.pool.spawn(exclude=waiting)
         elif len(current) > self.target:
             extra = sorted(current, key=lambda w: (w.state is WorkerState.READY, -w.number))
             for worker in extra[: len(current) - self.target]:
                 self.pool.stop(worker, graceful=True)
-        if self.backoff.failures and stable(self.pool.all(), now):
-            log.info("workers are stable again: backoff reset")
-            self.backoff.reset()
+        for worker in current:
+            if worker.number in self.backoff.slots and not failed_early(worker, now):
+                log.info("worker %d is stable again: its backoff is reset", worker.number)
+                self.backoff.clear(worker.number)
         if (
             self.state is MasterState.STARTING
             and current
@@ -334,9 +335,17 @@ class Master:
         if self.state is MasterState.STARTING:
             self.fail(reason)
         elif self.state is MasterState.RUNNING and not self.rollouts.failed(worker, reason):
-            delay = self.backoff.failed(self.loop.clock())
+            now = self.loop.clock()
+            if not failed_early(worker, now):  # it was serving: replace it at once
+                self.backoff.clear(worker.number)
+                return
+            delay = self.backoff.failed(worker.number, now)
+            failures = self.backoff.slots[worker.number].failures
             log.warning(
-                "respawning in %.1fs (%d failure(s) in a row)", delay, self.backoff.failures
+                "respawning worker %d in %.1fs (%d early failure(s) in a row)",
+                worker.number,
+                delay,
+                failures,
             )
 
     def worker_reported(self, worker: WorkerProcess, message: dict[str, Any]) -> None:

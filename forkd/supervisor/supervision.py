@@ -100,6 +100,50 @@ class Backoff:
         return {"failures": self.failures, "next_spawn_in": round(self.remaining(now), 3)}
 
 
+class SlotBackoff:
+    """One Backoff per worker slot (its number): a slot whose workers keep failing at boot,
+    or right after it, waits longer each time, while the other slots are replaced at once.
+    Why per slot: one global delay, armed by kills of healthy workers, left no worker at
+    all for seconds while the listening socket stayed open and clients hung in its backlog.
+    """
+
+    def __init__(self, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> None:
+        self.base = base
+        self.cap = cap
+        self.slots: dict[int, Backoff] = {}
+
+    def failed(self, number: int, now: float) -> float:
+        """Slot `number`'s worker failed early: the delay before it is respawned."""
+        return self.slots.setdefault(number, Backoff(self.base, self.cap)).failed(now)
+
+    def clear(self, number: int) -> None:
+        """The slot is healthy again (its worker stayed up), or its failure was not early."""
+        self.slots.pop(number, None)
+
+    def waiting(self, now: float) -> set[int]:
+        """The slots that may not be respawned yet."""
+        return {number for number, slot in self.slots.items() if not slot.may_spawn(now)}
+
+    @property
+    def failures(self) -> int:
+        """The longest run of early failures of any slot."""
+        return max((slot.failures for slot in self.slots.values()), default=0)
+
+    def status(self, now: float) -> dict[str, Any]:
+        waiting = [slot.remaining(now) for slot in self.slots.values() if not slot.may_spawn(now)]
+        return {
+            "failures": self.failures,
+            "next_spawn_in": round(min(waiting), 3) if waiting else 0.0,
+            "slots": {str(n): slot.status(now) for n, slot in sorted(self.slots.items())},
+        }
+
+
+def failed_early(worker: WorkerProcess, now: float) -> bool:
+    """A failure that says the code is broken, not that the worker was killed: it never got
+    ready, or died within STABLE_AFTER of starting. Only these are backed off."""
+    return not worker.was_ready or now - worker.started < STABLE_AFTER
+
+
 def overdue(workers: list[WorkerProcess], now: float, timeout: float) -> list[WorkerProcess]:
     """Workers that should be serving but have not sent a heartbeat for `timeout` seconds."""
     return [
@@ -112,11 +156,6 @@ def overdue(workers: list[WorkerProcess], now: float, timeout: float) -> list[Wo
 def kills_due(workers: list[WorkerProcess], now: float) -> list[WorkerProcess]:
     """Workers past their SIGKILL deadline (stopping too long, or SIGABRT ignored)."""
     return [w for w in workers if w.kill_at is not None and now >= w.kill_at]
-
-
-def stable(workers: list[WorkerProcess], now: float) -> bool:
-    """Whether some worker has been ready for STABLE_AFTER: the crash loop is over."""
-    return any(w.state is WorkerState.READY and now - w.started >= STABLE_AFTER for w in workers)
 
 
 class SuspendDetector:

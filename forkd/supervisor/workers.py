@@ -88,13 +88,14 @@ class WorkerPool:
             if w.state in (WorkerState.BOOTING, WorkerState.READY) and not w.channel.closed
         ]
 
-    def next_number(self) -> int:
-        used = {w.number for w in self.workers.values()}
+    def next_number(self, exclude: set[int] | frozenset[int] = frozenset()) -> int:
+        """The lowest worker number not in use (nor in `exclude`: slots backing off)."""
+        used = {w.number for w in self.workers.values()} | exclude
         return next(n for n in range(1, len(used) + 2) if n not in used)
 
     # -- verbs ----------------------------------------------------------------------------
-    def spawn(self) -> WorkerProcess:
-        number = self.next_number()
+    def spawn(self, exclude: set[int] | frozenset[int] = frozenset()) -> WorkerProcess:
+        number = self.next_number(exclude)
         pid, channel = self.fork(number)
         worker = WorkerProcess(pid, number, self.generation, channel, self.loop.clock())
         self.adopt(worker)
