@@ -98,5 +98,5 @@ class LogSetup:
 
 
 def get(name: str) -> logging.Logger:
-    """A logger below forkd's ("forkd.supervisor.master", "forkd.supervisor.worker")."""
+    """A logger below forkd's ("forkd.master", "forkd.worker")."""
     return logging.getLogger(f"{LOGGER_NAME}.{name}" if name else LOGGER_NAME)

@@ -88,20 +88,38 @@ def validate(path: str) -> str | None:
 
 
 # -- 2. the exec ---------------------------------------------------------------------------
+def write_state(state: dict[str, Any]) -> str:
+    """The state in a private temporary file (0600: it holds the pickled application);
+    its path. A write that fails removes the file and raises."""
+    handle, path = tempfile.mkstemp(prefix="forkd-reexec-", suffix=".json")
+    try:
+        with os.fdopen(handle, "w") as out:
+            json.dump(state, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    return path
+
+
 def exec_image(
     state: dict[str, Any], fds: list[int], argv: list[str], signals: set[signal.Signals]
 ) -> str:
     """Write `state` to a file the new image finds through FORKD_REEXEC, keep `fds` open
     across the exec, and exec `python -m forkd.cli.forkd ARGV`; returns (the error) only
     if the exec failed, with everything as it was."""
-    handle, path = tempfile.mkstemp(prefix="forkd-reexec-", suffix=".json")
-    with os.fdopen(handle, "w") as out:
-        json.dump(state, out)
+    try:
+        path = write_state(state)
+    except OSError as error:  # a full disk: refuse the reload, keep serving
+        return f"cannot write the reload state: {error.strerror or error}"
     for fd in fds:
         os.set_inheritable(fd, True)
     log.info("reload: re-executing the master (pid %d)", os.getpid())
     for handler in logs.get("").handlers:
-        handler.flush()
+        try:  # what the log could not take is lost with the exec either way
+            handler.flush()
+        except OSError:
+            pass
     env = dict(os.environ, **{ENV: path})
     # execve resets caught signals to their default action, which for HUP, USR1, TERM... is
     # to die: a signal landing before the new image installs its handlers would kill the
