@@ -11,13 +11,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fakemaster import FakeMaster
 
 from forkd import tapfile
 from forkd.app import Application
 from forkd.cli import shell_client
 from forkd.control.server import ControlServer
 from forkd.control.shell import Shell, changed, fingerprint
+from tests.fakemaster import FakeMaster
 from workers.echo import EchoFactory
 
 

@@ -10,11 +10,11 @@ import asyncio
 from typing import Any
 
 import pytest
-from loops import LOOPS, run
 
 from forkd import protocol as proto_mod
 from forkd.basic import Int16StringReceiver, LineReceiver, NetstringReceiver
 from forkd.protocol import Factory, protocol_factory
+from tests.loops import LOOPS, run
 
 
 class Recording(Factory):

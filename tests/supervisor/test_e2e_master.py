@@ -17,15 +17,15 @@ import pytest
 
 from forkd.control.client import request
 from forkd.testing import RunningForkd, forkd_command, forkd_env, free_port, wait_for
+from tests import TAP_MODULES_DIR
 
-TESTS = str(pathlib.Path(__file__).resolve().parent)
 pytestmark = pytest.mark.timeout(90)
 
 
 def run_forkd(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         forkd_command(*args),
-        env=forkd_env([TESTS]),
+        env=forkd_env([TAP_MODULES_DIR]),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -95,7 +95,7 @@ def test_daemonized_start_stop_and_shutdown_tap_starts_again(tmp_path: pathlib.P
 def test_two_workers_share_one_socket(tmp_path: pathlib.Path) -> None:
     port = free_port()
     tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
-    with RunningForkd(tap, workers=2, extra_paths=[TESTS]) as forkd:
+    with RunningForkd(tap, workers=2, extra_paths=[TAP_MODULES_DIR]) as forkd:
         workers = forkd.wait_workers(2)
         counts: Counter[int] = Counter()
 
@@ -116,7 +116,7 @@ def test_two_workers_share_one_socket(tmp_path: pathlib.Path) -> None:
 def test_sigkill_worker_under_load_is_replaced(tmp_path: pathlib.Path) -> None:
     port = free_port()
     tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
-    with RunningForkd(tap, workers=2, extra_paths=[TESTS]) as forkd:
+    with RunningForkd(tap, workers=2, extra_paths=[TAP_MODULES_DIR]) as forkd:
         forkd.wait_workers(2)
         by_worker: dict[int, list[socket.socket]] = {}
         for _ in range(200):
@@ -161,7 +161,7 @@ def test_sigkill_worker_under_load_is_replaced(tmp_path: pathlib.Path) -> None:
 
 def test_ttin_and_ttou_change_the_worker_count(tmp_path: pathlib.Path) -> None:
     tap = probetap.make_tap(str(tmp_path / "probe.tap"), free_port())
-    with RunningForkd(tap, workers=2, extra_paths=[TESTS]) as forkd:
+    with RunningForkd(tap, workers=2, extra_paths=[TAP_MODULES_DIR]) as forkd:
         forkd.wait_workers(2)
         forkd.signal(signal.SIGTTIN)
         forkd.wait_workers(3)
@@ -174,7 +174,7 @@ def test_ttin_and_ttou_change_the_worker_count(tmp_path: pathlib.Path) -> None:
 def test_blocked_worker_is_aborted_after_timeout_and_replaced(tmp_path: pathlib.Path) -> None:
     port = free_port()
     tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
-    with RunningForkd(tap, "--timeout", "2", workers=1, extra_paths=[TESTS]) as forkd:
+    with RunningForkd(tap, "--timeout", "2", workers=1, extra_paths=[TAP_MODULES_DIR]) as forkd:
         (stuck,) = forkd.wait_workers(1)
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
             sock.sendall(b"block\n")
@@ -212,7 +212,7 @@ def test_stale_pidfile_does_not_block_but_a_live_one_does(tmp_path: pathlib.Path
     dead = subprocess.Popen(["true"])
     dead.wait()
     (tmp_path / "probe.pid").write_text(f"{dead.pid}\n")
-    with RunningForkd(tap, workers=1, extra_paths=[TESTS]) as forkd:
+    with RunningForkd(tap, workers=1, extra_paths=[TAP_MODULES_DIR]) as forkd:
         assert (tmp_path / "probe.pid").read_text().strip() == str(forkd.pid)
         second = run_forkd("start", tap, "-n")
         assert second.returncode == 1
@@ -230,7 +230,7 @@ def test_bad_tap_is_one_line(tmp_path: pathlib.Path) -> None:
 def test_graceful_stop_under_load_loses_no_accepted_request(tmp_path: pathlib.Path) -> None:
     port = free_port()
     tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
-    forkd = RunningForkd(tap, "--graceful-timeout", "20", workers=2, extra_paths=[TESTS])
+    forkd = RunningForkd(tap, "--graceful-timeout", "20", workers=2, extra_paths=[TAP_MODULES_DIR])
     sent = Counter()
     answered = Counter()
     closed_by_server = Counter()
@@ -266,7 +266,7 @@ def test_graceful_stop_under_load_loses_no_accepted_request(tmp_path: pathlib.Pa
 def test_master_has_one_thread_and_stable_fds_across_20_hups(tmp_path: pathlib.Path) -> None:
     port = free_port()
     tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
-    with RunningForkd(tap, workers=2, extra_paths=[TESTS]) as forkd:
+    with RunningForkd(tap, workers=2, extra_paths=[TAP_MODULES_DIR]) as forkd:
         proc = pathlib.Path(f"/proc/{forkd.pid}")
 
         def fds() -> int:
@@ -294,7 +294,7 @@ def test_reload_with_a_tap_that_fails_validation_keeps_the_old_workers(
 ) -> None:
     port = free_port()
     tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
-    with RunningForkd(tap, workers=2, extra_paths=[TESTS]) as forkd:
+    with RunningForkd(tap, workers=2, extra_paths=[TAP_MODULES_DIR]) as forkd:
         workers = forkd.wait_workers(2)
         pathlib.Path(tap).write_bytes(b"FORKDTAP 1 forkd=0.1.0\n" + b"garbage")
         forkd.signal(signal.SIGHUP)
@@ -307,7 +307,7 @@ def test_reload_with_a_tap_that_fails_validation_keeps_the_old_workers(
 def test_reload_whose_new_workers_fail_to_boot_rolls_back(tmp_path: pathlib.Path) -> None:
     port = free_port()
     tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
-    with RunningForkd(tap, workers=2, extra_paths=[TESTS]) as forkd:
+    with RunningForkd(tap, workers=2, extra_paths=[TAP_MODULES_DIR]) as forkd:
         workers = forkd.wait_workers(2)
         probetap.make_tap(tap, port, fail="the new code is broken")
         forkd.signal(signal.SIGHUP)
@@ -395,7 +395,7 @@ def test_a_suspended_master_does_not_kill_its_workers_on_waking(tmp_path: pathli
     """SIGSTOP the master past --timeout (a laptop lid, a debugger): on SIGCONT the silence
     it measured was its own, not its workers'."""
     tap = probetap.make_tap(str(tmp_path / "probe.tap"), free_port())
-    with RunningForkd(tap, "--timeout", "1", workers=2, extra_paths=[TESTS]) as forkd:
+    with RunningForkd(tap, "--timeout", "1", workers=2, extra_paths=[TAP_MODULES_DIR]) as forkd:
         workers = forkd.wait_workers(2)
         forkd.signal(signal.SIGSTOP)
         deadline = time.monotonic() + 3.0  # three timeouts' worth of suspension

@@ -19,7 +19,7 @@ import pytest
 from forkd import tapfile
 from forkd.testing import RunningForkd, free_port, wait_for
 
-FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "taps"
+FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "taps"
 
 
 def copy_fixture(name: str, tmp_path: pathlib.Path) -> pathlib.Path:

@@ -9,15 +9,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fakemaster import FakeMaster
 
 from forkd import tapfile
 from forkd.app import Application
 from forkd.cli import forkctl
 from forkd.control.server import ControlServer
+from forkd.testing import REPO_ROOT
+from tests.fakemaster import FakeMaster
 from workers.echo import EchoFactory
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
@@ -136,7 +135,7 @@ def test_scale_save_reopen_restart_stop(running: tuple[FakeMaster, str], capsys:
 def test_forkctl_as_a_process(running: tuple[FakeMaster, str], tmp_path: Any) -> None:
     """The real executable path: exit codes and stderr from a separate process, with the
     socket found as the only *.ctl in the working directory."""
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
     env.pop("FORKD_CONTROL", None)
     ok = subprocess.run(
         [sys.executable, "-m", "forkd.cli.forkctl", "status"],

@@ -23,8 +23,8 @@ import pytest
 
 from forkd.control.client import ControlError, request
 from forkd.testing import RunningForkd, free_port, wait_for
+from tests import TAP_MODULES_DIR
 
-TESTS = str(pathlib.Path(__file__).resolve().parent)
 pytestmark = pytest.mark.timeout(90)
 
 
@@ -102,7 +102,7 @@ def test_stop_while_a_reload_validates_stops_instead_of_re_executing(
     must not exec a new image (which would forget the stop and serve again)."""
     port = free_port()
     tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
-    forkd = RunningForkd(tap, "--graceful-timeout", "1", workers=1, extra_paths=[TESTS])
+    forkd = RunningForkd(tap, "--graceful-timeout", "1", workers=1, extra_paths=[TAP_MODULES_DIR])
     with forkd:
         [worker] = forkd.wait_workers(1)
         blocker = socket.create_connection(("127.0.0.1", port), timeout=5)
@@ -124,7 +124,7 @@ def test_ten_hups_in_a_row_converge_on_one_generation(tmp_path: pathlib.Path) ->
     port = free_port()
     tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
     ctl = str(tmp_path / "probe.ctl")
-    with RunningForkd(tap, workers=2, extra_paths=[TESTS]) as forkd:
+    with RunningForkd(tap, workers=2, extra_paths=[TAP_MODULES_DIR]) as forkd:
         first = forkd.wait_workers(2)
         # one reload first, so the baseline has whatever a re-exec'd image keeps open
         request(ctl, "reload", timeout=30)
@@ -185,7 +185,7 @@ def test_reload_while_a_reload_runs_answers_both_clients(tmp_path: pathlib.Path)
     port = free_port()
     tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
     ctl = str(tmp_path / "probe.ctl")
-    with RunningForkd(tap, workers=2, extra_paths=[TESTS]) as forkd:
+    with RunningForkd(tap, workers=2, extra_paths=[TAP_MODULES_DIR]) as forkd:
         first = forkd.wait_workers(2)
         one = call_in_thread(ctl, "reload")
         two = call_in_thread(ctl, "reload")
@@ -205,7 +205,7 @@ def test_stop_during_a_restart_rollout_answers_the_client_and_leaves_no_worker(
     port = free_port()
     tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
     ctl = str(tmp_path / "probe.ctl")
-    with RunningForkd(tap, workers=2, extra_paths=[TESTS]) as forkd:
+    with RunningForkd(tap, workers=2, extra_paths=[TAP_MODULES_DIR]) as forkd:
         first = forkd.wait_workers(2)
         # the new generation never gets ready: the rollout is still running at the stop
         request(ctl, "shell", {"source": "application.ports[0].factory.hang = True"})
@@ -233,7 +233,7 @@ def test_crash_loop_after_boot_backs_off_and_control_still_answers(
     flag = tmp_path / "crash"
     tap = probetap.make_tap(str(tmp_path / "probe.tap"), port, crash_flag=str(flag))
     ctl = str(tmp_path / "probe.ctl")
-    with RunningForkd(tap, workers=1, extra_paths=[TESTS]) as forkd:
+    with RunningForkd(tap, workers=1, extra_paths=[TAP_MODULES_DIR]) as forkd:
         [worker] = forkd.wait_workers(1)
         flag.touch()
         os.kill(worker, signal.SIGKILL)
@@ -268,7 +268,9 @@ def test_a_stuck_draining_worker_is_still_killed_after_a_second_reload(
     port = free_port()
     tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
     ctl = str(tmp_path / "probe.ctl")
-    with RunningForkd(tap, "--graceful-timeout", "1", workers=1, extra_paths=[TESTS]) as forkd:
+    with RunningForkd(
+        tap, "--graceful-timeout", "1", workers=1, extra_paths=[TAP_MODULES_DIR]
+    ) as forkd:
         [stuck] = forkd.wait_workers(1)
         blocker = socket.create_connection(("127.0.0.1", port), timeout=5)
         assert probetap.request(blocker, "pid") == str(stuck)
@@ -291,7 +293,7 @@ def test_new_generation_silent_at_boot_rolls_the_restart_back(tmp_path: pathlib.
     port = free_port()
     tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
     ctl = str(tmp_path / "probe.ctl")
-    with RunningForkd(tap, "--timeout", "2", workers=2, extra_paths=[TESTS]) as forkd:
+    with RunningForkd(tap, "--timeout", "2", workers=2, extra_paths=[TAP_MODULES_DIR]) as forkd:
         first = forkd.wait_workers(2)
         request(ctl, "shell", {"source": "application.ports[0].factory.hang = True"})
         with pytest.raises(ControlError, match="silent"):

@@ -18,15 +18,15 @@ from forkd import tapfile
 from forkd.cli import shell_client
 from forkd.control.client import Connection, request
 from forkd.testing import RunningForkd, forkd_command, forkd_env, free_port, wait_for
+from tests import TAP_MODULES_DIR
 
-TESTS = str(pathlib.Path(__file__).resolve().parent)
 pytestmark = pytest.mark.timeout(60)
 
 
 def forkctl(ctl: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "forkd.cli.forkctl", "-c", ctl, *args],
-        env=forkd_env([TESTS]),
+        env=forkd_env([TAP_MODULES_DIR]),
         capture_output=True,
         text=True,
         timeout=60,
@@ -38,7 +38,7 @@ def test_damaged_tap_reload_and_save(tmp_path: pathlib.Path, damage: str) -> Non
     port = free_port()
     tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
     ctl = str(tmp_path / "probe.ctl")
-    with RunningForkd(tap, workers=1, extra_paths=[TESTS]) as forkd:
+    with RunningForkd(tap, workers=1, extra_paths=[TAP_MODULES_DIR]) as forkd:
         workers = forkd.wait_workers(1)
         if damage == "delete":
             os.unlink(tap)
@@ -70,7 +70,7 @@ def test_control_socket_deleted_under_the_master(tmp_path: pathlib.Path) -> None
     port = free_port()
     tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
     ctl = str(tmp_path / "probe.ctl")
-    with RunningForkd(tap, workers=1, extra_paths=[TESTS]) as forkd:
+    with RunningForkd(tap, workers=1, extra_paths=[TAP_MODULES_DIR]) as forkd:
         os.unlink(ctl)
         status = forkctl(ctl, "status")
         assert status.returncode != 0 and len(status.stderr.strip().splitlines()) == 1
@@ -84,7 +84,7 @@ def test_control_socket_deleted_under_the_master(tmp_path: pathlib.Path) -> None
         assert os.stat(ctl).st_mode & 0o777 == 0o600
         fstatus = subprocess.run(
             forkd_command("status", tap),
-            env=forkd_env([TESTS]),
+            env=forkd_env([TAP_MODULES_DIR]),
             capture_output=True,
             text=True,
             timeout=30,
@@ -92,7 +92,10 @@ def test_control_socket_deleted_under_the_master(tmp_path: pathlib.Path) -> None
         assert "Traceback" not in fstatus.stderr
         # the test is the master's parent: reap it, or `forkd stop` would wait on a zombie
         stop = subprocess.Popen(
-            forkd_command("stop", tap), env=forkd_env([TESTS]), stderr=subprocess.PIPE, text=True
+            forkd_command("stop", tap),
+            env=forkd_env([TAP_MODULES_DIR]),
+            stderr=subprocess.PIPE,
+            text=True,
         )
         assert forkd.process.wait(20) == 0, forkd.log()
         assert stop.wait(20) == 0, stop.communicate()[1]
@@ -103,7 +106,7 @@ def test_fifty_concurrent_status_clients(tmp_path: pathlib.Path) -> None:
     port = free_port()
     tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
     ctl = str(tmp_path / "probe.ctl")
-    with RunningForkd(tap, workers=1, extra_paths=[TESTS]) as forkd:
+    with RunningForkd(tap, workers=1, extra_paths=[TAP_MODULES_DIR]) as forkd:
         results: list[object] = []
         lock = threading.Lock()
 
@@ -128,11 +131,12 @@ def test_client_killed_mid_reload(tmp_path: pathlib.Path) -> None:
     hold = str(tmp_path / "hold")
     tap = probetap.make_tap(str(tmp_path / "probe.tap"), port, hold_flag=hold)
     ctl = str(tmp_path / "probe.ctl")
-    with RunningForkd(tap, workers=1, extra_paths=[TESTS]) as forkd:
+    with RunningForkd(tap, workers=1, extra_paths=[TAP_MODULES_DIR]) as forkd:
         first = forkd.wait_workers(1)
         pathlib.Path(hold).touch()
         client = subprocess.Popen(
-            [sys.executable, "-m", "forkd.cli.forkctl", "-c", ctl, "reload"], env=forkd_env([TESTS])
+            [sys.executable, "-m", "forkd.cli.forkctl", "-c", ctl, "reload"],
+            env=forkd_env([TAP_MODULES_DIR]),
         )
         wait_for(lambda: len(forkd.worker_pids()) == 2, message="new generation forked")
         client.send_signal(signal.SIGKILL)
@@ -147,7 +151,7 @@ def test_client_gone_before_reload_refusal_reply(tmp_path: pathlib.Path) -> None
     port = free_port()
     tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
     ctl = str(tmp_path / "probe.ctl")
-    with RunningForkd(tap, workers=1, extra_paths=[TESTS]) as forkd:
+    with RunningForkd(tap, workers=1, extra_paths=[TAP_MODULES_DIR]) as forkd:
         for _ in range(5):
             connection = Connection(ctl, 5)
             connection.sock.sendall(
@@ -162,7 +166,7 @@ def test_shell_session_survives_restart_and_reload(tmp_path: pathlib.Path) -> No
     port = free_port()
     tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
     ctl = str(tmp_path / "probe.ctl")
-    with RunningForkd(tap, workers=1, extra_paths=[TESTS]) as forkd:
+    with RunningForkd(tap, workers=1, extra_paths=[TAP_MODULES_DIR]) as forkd:
         first = forkd.wait_workers(1)
         out = io.StringIO()
         lines = ["x = 41", "after_restart", "after_reload", "x = 1", "x + 1"]

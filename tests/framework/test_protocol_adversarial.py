@@ -13,10 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from loops import LOOPS, run
 
 from forkd import protocol as proto_mod
 from forkd.protocol import Factory, Protocol, protocol_factory
+from tests.loops import LOOPS, run
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:

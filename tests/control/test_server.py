@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fakemaster import FakeMaster
 
 from forkd import tapfile
 from forkd.app import Application
@@ -26,6 +25,7 @@ from forkd.control.server import (
     ControlSocketError,
     encode,
 )
+from tests.fakemaster import FakeMaster
 
 
 @pytest.fixture

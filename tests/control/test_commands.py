@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fakemaster import FakeMaster
 
 from forkd import tapfile
 from forkd.app import Application
@@ -20,6 +19,7 @@ from forkd.control.commands import status as status_command
 from forkd.control.server import ControlServer
 from forkd.ports import port_key
 from forkd.testing import wait_for
+from tests.fakemaster import FakeMaster
 from workers.echo import EchoFactory
 
 

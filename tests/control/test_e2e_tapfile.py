@@ -14,15 +14,15 @@ import pytest
 from forkd import tapfile
 from forkd.control.client import request
 from forkd.testing import RunningForkd, forkd_env, free_port
+from tests import TAP_MODULES_DIR
 
-TESTS = str(pathlib.Path(__file__).resolve().parent)
 pytestmark = pytest.mark.timeout(60)
 
 
 def forkctl(ctl: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "forkd.cli.forkctl", "-c", ctl, *args],
-        env=forkd_env([TESTS]),
+        env=forkd_env([TAP_MODULES_DIR]),
         capture_output=True,
         text=True,
         timeout=60,
@@ -45,7 +45,7 @@ def test_append_then_mktap_append_by_hand_then_reload_keeps_both(tmp_path: pathl
     port, live, by_hand = free_port(), free_port(), free_port()
     tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
     ctl = str(tmp_path / "probe.ctl")
-    with RunningForkd(tap, workers=1, extra_paths=[TESTS]):
+    with RunningForkd(tap, workers=1, extra_paths=[TAP_MODULES_DIR]):
         added = forkctl(ctl, "append", "echo", "--port", str(live), "--interface", "127.0.0.1")
         assert added.returncode == 0, added.stderr
         mktap = subprocess.run(
@@ -61,7 +61,7 @@ def test_append_then_mktap_append_by_hand_then_reload_keeps_both(tmp_path: pathl
                 "--interface",
                 "127.0.0.1",
             ],
-            env=forkd_env([TESTS]),
+            env=forkd_env([TAP_MODULES_DIR]),
             capture_output=True,
             text=True,
             timeout=30,
@@ -81,7 +81,7 @@ def test_no_save_append_is_gone_after_reload_and_save_writes_what_serves(
     port, extra = free_port(), free_port()
     tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
     ctl = str(tmp_path / "probe.ctl")
-    with RunningForkd(tap, workers=1, extra_paths=[TESTS]):
+    with RunningForkd(tap, workers=1, extra_paths=[TAP_MODULES_DIR]):
         added = forkctl(
             ctl, "append", "--no-save", "echo", "--port", str(extra), "--interface", "127.0.0.1"
         )
@@ -99,7 +99,7 @@ def test_remove_last_port(tmp_path: pathlib.Path) -> None:
     port = free_port()
     tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
     ctl = str(tmp_path / "probe.ctl")
-    with RunningForkd(tap, workers=1, extra_paths=[TESTS]) as forkd:
+    with RunningForkd(tap, workers=1, extra_paths=[TAP_MODULES_DIR]) as forkd:
         removed = forkctl(ctl, "remove", f"tcp:127.0.0.1:{port}")
         assert removed.returncode == 0, removed.stderr
         assert live_ports(ctl) == [] and disk_ports(tap) == []
@@ -113,7 +113,7 @@ def test_save_tag_then_start_it_elsewhere(tmp_path: pathlib.Path) -> None:
     port, extra = free_port(), free_port()
     tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
     ctl = str(tmp_path / "probe.ctl")
-    with RunningForkd(tap, workers=1, extra_paths=[TESTS]):
+    with RunningForkd(tap, workers=1, extra_paths=[TAP_MODULES_DIR]):
         assert (
             forkctl(
                 ctl, "append", "--no-save", "echo", "--port", str(extra), "--interface", "127.0.0.1"
@@ -129,7 +129,7 @@ def test_save_tag_then_start_it_elsewhere(tmp_path: pathlib.Path) -> None:
     other.mkdir()
     moved = str(other / "moved.tap")
     os.rename(tagged, moved)
-    with RunningForkd(moved, workers=1, extra_paths=[TESTS]):
+    with RunningForkd(moved, workers=1, extra_paths=[TAP_MODULES_DIR]):
         assert probetap.ask(port, "hi") == "hi"
         assert os.path.exists(str(other / "moved.ctl"))
         saved = forkctl(str(other / "moved.ctl"), "save")
@@ -140,7 +140,7 @@ def test_unsaved_edit_guard(tmp_path: pathlib.Path) -> None:
     port = free_port()
     tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
     ctl = str(tmp_path / "probe.ctl")
-    with RunningForkd(tap, workers=1, extra_paths=[TESTS]) as forkd:
+    with RunningForkd(tap, workers=1, extra_paths=[TAP_MODULES_DIR]) as forkd:
         first = forkd.wait_workers(1)
         out = shell(ctl, "application.ports[0].factory.greeting = 'edited'")
         assert "rolling restart" in out
@@ -160,7 +160,7 @@ def test_reload_discard_drops_the_edit(tmp_path: pathlib.Path) -> None:
     port = free_port()
     tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
     ctl = str(tmp_path / "probe.ctl")
-    with RunningForkd(tap, workers=1, extra_paths=[TESTS]) as forkd:
+    with RunningForkd(tap, workers=1, extra_paths=[TAP_MODULES_DIR]) as forkd:
         first = forkd.wait_workers(1)
         shell(ctl, "application.ports[0].factory.greeting = 'edited'")
         second = forkd.wait_workers(1, exclude=first)
@@ -175,7 +175,7 @@ def test_shell_save_clears_the_guard(tmp_path: pathlib.Path) -> None:
     port = free_port()
     tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
     ctl = str(tmp_path / "probe.ctl")
-    with RunningForkd(tap, workers=1, extra_paths=[TESTS]):
+    with RunningForkd(tap, workers=1, extra_paths=[TAP_MODULES_DIR]):
         shell(ctl, "application.ports[0].factory.greeting = 'edited'")
         assert request(ctl, "status")["unsaved"] is True
         shell(ctl, "application.save()")
@@ -189,7 +189,7 @@ def test_stop_after_shell_edit_writes_shutdown_tap_only(tmp_path: pathlib.Path) 
     port = free_port()
     tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
     ctl = str(tmp_path / "probe.ctl")
-    with RunningForkd(tap, workers=1, extra_paths=[TESTS]) as forkd:
+    with RunningForkd(tap, workers=1, extra_paths=[TAP_MODULES_DIR]) as forkd:
         shell(ctl, "application.ports[0].factory.greeting = 'edited'")
         assert forkctl(ctl, "stop").returncode == 0
         forkd.process.wait(20)

@@ -13,9 +13,9 @@ import udptap
 from forkd import tapfile
 from forkd.app import Application
 from forkd.testing import RunningForkd, forkd_env
+from tests import TAP_MODULES_DIR
 
 pytestmark = pytest.mark.timeout(120)
-TESTS = str(pathlib.Path(__file__).resolve().parent)
 
 
 def free_udp_port() -> int:
@@ -29,7 +29,7 @@ def free_udp_port() -> int:
 def forkctl(ctl: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "forkd.cli.forkctl", "-c", ctl, *args],
-        env=forkd_env([TESTS]),
+        env=forkd_env([TAP_MODULES_DIR]),
         capture_output=True,
         text=True,
         timeout=60,
@@ -44,7 +44,7 @@ def test_seed_style_udp_port_through_start_reload_and_append(tmp_path: pathlib.P
     app.tapfile = str(tmp_path / "udp.tap")
     app.save()
     ctl = str(tmp_path / "udp.ctl")
-    with RunningForkd(app.tapfile, workers=2, extra_paths=[TESTS]) as forkd:
+    with RunningForkd(app.tapfile, workers=2, extra_paths=[TAP_MODULES_DIR]) as forkd:
         workers = forkd.wait_workers(2)
         data, pid = udptap.ask(port, b"hello")
         assert data == b"hello" and pid in workers

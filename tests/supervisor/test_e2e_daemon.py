@@ -17,6 +17,7 @@ import pytest
 from forkd.supervisor import pidfile as pidfile_module
 from forkd.supervisor.pidfile import PidFile, read_pid
 from forkd.testing import forkd_command, forkd_env, free_port, wait_for
+from tests import TAP_MODULES_DIR
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -191,7 +192,7 @@ def test_a_stop_while_workers_boot_tells_the_waiting_start(tmp_path: pathlib.Pat
     import probetap
 
     tap = probetap.make_tap(str(tmp_path / "hang.tap"), free_port(), hang=True)
-    env = forkd_env([str(pathlib.Path(__file__).resolve().parent)])
+    env = forkd_env([TAP_MODULES_DIR])
     starting = subprocess.Popen(
         forkd_command("start", tap, "-w", "1"), env=env, stderr=subprocess.PIPE, text=True
     )

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fakemaster import FakeMaster
 
 from forkd import tapfile
 from forkd.app import Application
@@ -19,6 +18,7 @@ from forkd.control.server import ControlServer
 from forkd.ports import TCPPort
 from forkd.testing import StringTransport
 from forkd.usage import UsageError
+from tests.fakemaster import FakeMaster
 from workers import telnet
 from workers.echo import EchoFactory
 

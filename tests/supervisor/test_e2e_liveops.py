@@ -13,13 +13,13 @@ import pytest
 
 from forkd.app import Application
 from forkd.ports import TCPPort
-from forkd.testing import RunningForkd, forkd_env, free_port, wait_for
+from forkd.testing import REPO_ROOT, RunningForkd, forkd_env, free_port, wait_for
+from tests import TAP_MODULES_DIR
 
-TESTS = str(pathlib.Path(__file__).resolve().parent)
 pytestmark = [
     pytest.mark.timeout(90),
     pytest.mark.skipif(
-        not (pathlib.Path(TESTS).parent / "forkd/cli/forkctl.py").exists(), reason="no forkctl"
+        not (pathlib.Path(REPO_ROOT) / "forkd/cli/forkctl.py").exists(), reason="no forkctl"
     ),
 ]
 
@@ -27,7 +27,7 @@ pytestmark = [
 def forkctl(ctl: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "forkd.cli.forkctl", "-c", ctl, *args],
-        env=forkd_env([TESTS]),
+        env=forkd_env([TAP_MODULES_DIR]),
         capture_output=True,
         text=True,
         timeout=60,
@@ -38,7 +38,7 @@ def test_add_remove_restart_reload_scale(tmp_path: pathlib.Path) -> None:
     port, extra = free_port(), free_port()
     tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
     ctl = str(tmp_path / "probe.ctl")
-    with RunningForkd(tap, workers=2, extra_paths=[TESTS]) as forkd:
+    with RunningForkd(tap, workers=2, extra_paths=[TAP_MODULES_DIR]) as forkd:
         first = forkd.wait_workers(2)
         added = forkctl(ctl, "append", "echo", "--port", str(extra), "--interface", "127.0.0.1")
         assert added.returncode == 0, added.stderr
@@ -65,7 +65,7 @@ def test_reload_reports_validation_errors_to_the_client(tmp_path: pathlib.Path) 
     port = free_port()
     tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
     ctl = str(tmp_path / "probe.ctl")
-    with RunningForkd(tap, workers=1, extra_paths=[TESTS]) as forkd:
+    with RunningForkd(tap, workers=1, extra_paths=[TAP_MODULES_DIR]) as forkd:
         workers = forkd.wait_workers(1)
         probetap.make_tap(tap, port, fail="broken")
         failed = forkctl(ctl, "reload")
@@ -86,7 +86,7 @@ def test_reload_binds_ports_new_on_disk_and_closes_ports_gone(tmp_path: pathlib.
 
     write_tap([kept, gone])
     ctl = str(tmp_path / "probe.ctl")
-    with RunningForkd(tap, workers=2, extra_paths=[TESTS]) as forkd:
+    with RunningForkd(tap, workers=2, extra_paths=[TAP_MODULES_DIR]) as forkd:
         first = forkd.wait_workers(2)
         assert probetap.ask(gone, "pid") in {str(pid) for pid in first}
         write_tap([kept, new])  # what an operator does with mktap, then reloads
@@ -117,7 +117,7 @@ def test_ports_do_not_change_in_the_middle_of_a_rollout(tmp_path: pathlib.Path) 
     hold = tmp_path / "hold"
     tap = probetap.make_tap(str(tmp_path / "probe.tap"), port, hold_flag=str(hold))
     ctl = str(tmp_path / "probe.ctl")
-    with RunningForkd(tap, workers=1, extra_paths=[TESTS]) as forkd:
+    with RunningForkd(tap, workers=1, extra_paths=[TAP_MODULES_DIR]) as forkd:
         first = forkd.wait_workers(1)
         hold.touch()  # the next generation will wait in startFactory
         restart: dict[str, subprocess.CompletedProcess[str]] = {}

@@ -12,7 +12,7 @@ from forkd.web import resource, server, vhost
 from forkd.web.accesslog import AccessLog, combined_line
 from forkd.web.headers import Headers
 from forkd.web.hello import Hello
-from tests.test_web_channel import responses
+from tests.web.test_channel import responses
 
 
 class Show(resource.Resource):
