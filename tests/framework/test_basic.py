@@ -1,6 +1,15 @@
 """Tests for forkd.basic: Twisted's own test vectors for its framing receivers, fed in
-every chunk size from one byte up to the whole stream, plus re-entrancy cases and one
-end-to-end echo over a real socket."""
+every chunk size from one byte up to the whole stream, plus re-entrancy cases, the receivers
+on a real loopback socket, and property tests on arbitrary streams.
+
+On a real socket the peer sends everything in one write, so mode switches and buffer clears
+happen with the rest of the data already in the receiver's buffer; each case runs under both
+asyncio and uvloop.
+
+The property tests check each receiver against a small model of its wire format: what it
+delivers, and whether it closes the connection, must not depend on how the stream was
+chunked, and whatever a receiver sends must come back unchanged.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +21,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from forkd import basic
+from forkd import protocol as proto_mod
 from forkd.protocol import Factory, protocol_factory
 from forkd.testing import Clock, StringTransport
+from tests.loops import LOOPS, run
 
 
 def chunks(data: bytes, size: int) -> Iterator[bytes]:
@@ -937,7 +950,7 @@ def test_intn_string_received_not_implemented() -> None:
         basic.IntNStringReceiver().stringReceived(b"foo")
 
 
-# -- end to end -------------------------------------------------------------------------
+# -- on a real loopback socket, under asyncio and uvloop ------------------------------
 
 
 class Echo(basic.LineReceiver):
@@ -945,16 +958,6 @@ class Echo(basic.LineReceiver):
 
     def lineReceived(self, line: bytes) -> None:
         self.sendLine(line)
-
-
-def loop_factories() -> list[Any]:
-    factories: list[Any] = [pytest.param(asyncio.new_event_loop, id="asyncio")]
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is optional
-        return factories
-    factories.append(pytest.param(uvloop.new_event_loop, id="uvloop"))
-    return factories
 
 
 async def echo_session(pieces: list[bytes], expect: int) -> bytes:
@@ -985,27 +988,393 @@ async def echo_session(pieces: list[bytes], expect: int) -> bytes:
         await server.wait_closed()
 
 
-def run(loop_factory: Callable[[], asyncio.AbstractEventLoop], coroutine: Any) -> Any:
-    loop = loop_factory()
-    try:
-        return loop.run_until_complete(asyncio.wait_for(coroutine, timeout=10))
-    finally:
-        loop.close()
-
-
-@pytest.mark.parametrize("loop_factory", loop_factories())
-def test_echo_over_a_real_socket(loop_factory: Callable[[], asyncio.AbstractEventLoop]) -> None:
+@pytest.mark.parametrize("kind", LOOPS)
+def test_echo_over_a_real_socket(kind: str) -> None:
     pieces = [b"hel", b"lo\r", b"\nwor", b"ld\r\n\r", b"\n", b"a\r\nb\r\nc\r\n", b"x" * 100]
     pieces.append(b"\r\nlast\r\n")
     expected = b"hello\r\nworld\r\n\r\na\r\nb\r\nc\r\n" + b"x" * 100 + b"\r\nlast\r\n"
-    assert run(loop_factory, echo_session(pieces, len(expected))) == expected
+    assert run(kind, lambda: echo_session(pieces, len(expected))) == expected
 
 
-@pytest.mark.parametrize("loop_factory", loop_factories())
-def test_overlong_line_closes_a_real_connection(
-    loop_factory: Callable[[], asyncio.AbstractEventLoop],
-) -> None:
+@pytest.mark.parametrize("kind", LOOPS)
+def test_overlong_line_closes_a_real_connection(kind: str) -> None:
     # The long line comes last: the server reads everything before it closes, so the
     # client gets a FIN (and the echoed line), not a reset.
     pieces = [b"ok\r\n", b"y" * 101, b"\r\n"]
-    assert run(loop_factory, echo_session(pieces, 1000)) == b"ok\r\n"
+    assert run(kind, lambda: echo_session(pieces, 1000)) == b"ok\r\n"
+
+
+# Everything in one write: mode switches and buffer clears with the rest already buffered.
+
+
+class Recording(Factory):
+    def __init__(self, protocol: type) -> None:
+        self.protocol = protocol
+        self.events: list[Any] = []
+
+
+async def exchange(factory: Factory, payload: bytes, half_close: bool = True) -> bytes:
+    """Send `payload` in one write, then read the reply until the server closes."""
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(protocol_factory(factory), "127.0.0.1", 0)
+    address = server.sockets[0].getsockname()[:2]
+    reader, writer = await asyncio.open_connection(*address)
+    writer.write(payload)
+    if half_close:
+        writer.write_eof()
+    reply = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    deadline = loop.time() + 5
+    while proto_mod.stats.open and loop.time() < deadline:
+        await asyncio.sleep(0.005)
+    server.close()
+    await server.wait_closed()
+    return reply
+
+
+@pytest.fixture
+def no_connection_left() -> Any:
+    proto_mod.stats.open.clear()
+    yield
+    assert not proto_mod.stats.open, "a connection was never lost"
+
+
+class Switcher(basic.LineReceiver):
+    """Line mode for a header, raw for N bytes, then back to lines."""
+
+    def connectionMade(self) -> None:
+        self.raw = b""
+        self.expected = 0
+
+    def lineReceived(self, line: bytes) -> None:
+        self.factory.events.append(("line", line))
+        if line.startswith(b"RAW "):
+            self.expected = int(line[4:])
+            self.setRawMode()
+        elif line == b"QUIT":
+            self.transport.write(repr(self.factory.events).encode())
+            self.transport.loseConnection()
+
+    def rawDataReceived(self, data: bytes) -> None:
+        need = self.expected - len(self.raw)
+        self.raw += data[:need]
+        if len(self.raw) == self.expected:
+            self.factory.events.append(("raw", self.raw))
+            self.raw = b""
+            self.setLineMode(data[need:])
+
+
+@pytest.mark.parametrize("kind", LOOPS)
+@pytest.mark.usefixtures("no_connection_left")
+def test_raw_mode_switch_with_everything_in_one_chunk(kind: str) -> None:
+    factory = Recording(Switcher)
+    payload = b"a\r\nRAW 5\r\n12\r\n4b\r\nRAW 0\r\n" + b"RAW 3\r\nxyzc\r\nQUIT\r\nnever\r\n"
+    run(kind, lambda: exchange(factory, payload))
+    # Nothing after QUIT is delivered: the protocol is disconnecting.
+    assert factory.events == [
+        ("line", b"a"),
+        ("line", b"RAW 5"),
+        ("raw", b"12\r\n4"),
+        ("line", b"b"),
+        ("line", b"RAW 0"),
+        ("raw", b""),
+        ("line", b"RAW 3"),
+        ("raw", b"xyz"),
+        ("line", b"c"),
+        ("line", b"QUIT"),
+    ]
+
+
+class Clearer(basic.LineReceiver):
+    def lineReceived(self, line: bytes) -> None:
+        if line == b"CLEAR":
+            rest = self.clearLineBuffer()
+            self.transport.write(b"cleared:" + rest + b"|")
+        else:
+            self.transport.write(b"line:" + line + b"|")
+
+    def connectionLost(self, reason: BaseException | None = None) -> None:
+        self.factory.events.append(type(reason).__name__)
+
+
+@pytest.mark.parametrize("kind", LOOPS)
+@pytest.mark.usefixtures("no_connection_left")
+def test_clear_line_buffer_from_line_received(kind: str) -> None:
+    factory = Recording(Clearer)
+    reply = run(kind, lambda: exchange(factory, b"one\r\nCLEAR\r\ntwo\r\nthr"))
+    assert reply == b"line:one|cleared:two\r\nthr|"
+    assert factory.events == ["ConnectionDone"]
+
+
+class Raising(basic.LineReceiver):
+    def lineReceived(self, line: bytes) -> None:
+        if line == b"boom":
+            raise ValueError("boom in lineReceived")
+        self.sendLine(line)
+
+    def connectionLost(self, reason: BaseException | None = None) -> None:
+        self.factory.events.append(type(reason).__name__)
+
+
+@pytest.mark.parametrize("kind", LOOPS)
+@pytest.mark.usefixtures("no_connection_left")
+def test_exception_in_line_received_closes_the_connection(kind: str) -> None:
+    factory = Recording(Raising)
+    reply = run(kind, lambda: exchange(factory, b"a\r\nboom\r\nb\r\n", half_close=False))
+    assert reply == b"a\r\n"
+    assert factory.events == ["ConnectionLost"]
+
+
+class TooLong(basic.LineReceiver):
+    MAX_LENGTH = 10
+
+    def lineReceived(self, line: bytes) -> None:
+        self.sendLine(line)
+
+
+@pytest.mark.parametrize("kind", LOOPS)
+@pytest.mark.usefixtures("no_connection_left")
+def test_overlong_line_closes_after_earlier_lines_are_answered(kind: str) -> None:
+    reply = run(kind, lambda: exchange(Recording(TooLong), b"ok\r\n" + b"x" * 50 + b"\r\nno\r\n"))
+    assert reply == b"ok\r\n"
+
+
+class ReversingInt16(basic.Int16StringReceiver):
+    def stringReceived(self, string: bytes) -> None:
+        self.sendString(string[::-1])
+        if string == b"bye":
+            self.transport.loseConnection()
+
+
+class UpperNetstring(basic.NetstringReceiver):
+    def stringReceived(self, string: bytes) -> None:
+        self.sendString(string.upper())
+
+
+@pytest.mark.parametrize("kind", LOOPS)
+@pytest.mark.usefixtures("no_connection_left")
+def test_string_receivers_in_one_chunk(kind: str) -> None:
+    payload = b"\x00\x03abc\x00\x00\x00\x03bye\x00\x02zz"
+    assert run(kind, lambda: exchange(Recording(ReversingInt16), payload)) == (
+        b"\x00\x03cba\x00\x00\x00\x03eyb"
+    )
+    net = run(kind, lambda: exchange(Recording(UpperNetstring), b"3:abc,0:,2:xy,x:"))
+    assert net == b"3:ABC,0:,2:XY,"
+
+
+# -- properties: arbitrary byte streams in arbitrary chunkings ------------------------
+
+# Per test, not a global profile, so other test modules keep their own settings.
+examples = settings(max_examples=150, deadline=None)
+
+
+@st.composite
+def chunked(draw: st.DrawFn, stream: bytes) -> list[bytes]:
+    """`stream` cut at arbitrary points."""
+    cuts = draw(st.lists(st.integers(0, len(stream)), max_size=20))
+    points = sorted({0, len(stream), *cuts})
+    return [stream[a:b] for a, b in zip(points, points[1:], strict=False)]
+
+
+def feed_pieces(protocol: Any, pieces: list[bytes]) -> None:
+    """Feed like a real transport: nothing more once loseConnection has been called."""
+    for piece in pieces:
+        if protocol.transport.disconnecting:
+            return
+        protocol.dataReceived(piece)
+
+
+class Lines(basic.LineReceiver):
+    MAX_LENGTH = 8
+
+    def connectionMade(self) -> None:
+        self.lines: list[bytes] = []
+
+    def lineReceived(self, line: bytes) -> None:
+        self.lines.append(line)
+
+
+class Netstrings(basic.NetstringReceiver):
+    MAX_LENGTH = 12
+
+    def connectionMade(self) -> None:
+        self.strings: list[bytes] = []
+
+    def stringReceived(self, string: bytes) -> None:
+        self.strings.append(string)
+
+
+def connected_recorder(
+    base: type[basic.IntNStringReceiver], limit: int
+) -> basic.IntNStringReceiver:
+    class Recorder(base):  # type: ignore[valid-type, misc]
+        MAX_LENGTH = limit
+
+        def connectionMade(self) -> None:
+            self.strings: list[bytes] = []
+
+        def stringReceived(self, string: bytes) -> None:
+            self.strings.append(string)
+
+    protocol: basic.IntNStringReceiver = Recorder()
+    protocol.makeConnection(StringTransport())
+    return protocol
+
+
+# properties of LineReceiver
+
+
+def line_model(stream: bytes, delimiter: bytes, limit: int) -> tuple[list[bytes], bool]:
+    """The lines a LineReceiver delivers for `stream`, and whether it disconnects."""
+    *complete, tail = stream.split(delimiter)
+    lines: list[bytes] = []
+    for line in complete:
+        if len(line) > limit:
+            return lines, True
+        lines.append(line)
+    return lines, len(tail) >= limit + len(delimiter)
+
+
+line_streams = st.binary(max_size=200) | st.lists(
+    st.sampled_from([b"a", b"bb", b"\r", b"\n", b"\r\n", b"x" * 7, b"y" * 9]), max_size=60
+).map(b"".join)
+
+
+@examples
+@given(st.data(), line_streams)
+def test_lines_match_the_model_in_any_chunking(data: st.DataObject, stream: bytes) -> None:
+    protocol = connected(Lines())
+    feed_pieces(protocol, data.draw(chunked(stream)))
+    assert (protocol.lines, protocol.transport.disconnecting) == line_model(
+        stream, b"\r\n", Lines.MAX_LENGTH
+    )
+
+
+line_text = st.binary(max_size=Lines.MAX_LENGTH).filter(lambda line: b"\r\n" not in line)
+
+
+@examples
+@given(st.data(), st.lists(line_text, max_size=30))
+def test_lines_round_trip(data: st.DataObject, lines: list[bytes]) -> None:
+    sender = connected(Lines())
+    for line in lines:
+        sender.sendLine(line)
+    stream = sender.transport.value()
+    receiver = connected(Lines())
+    feed_pieces(receiver, data.draw(chunked(stream)))
+    assert receiver.lines == lines
+    assert not receiver.transport.disconnecting
+
+
+@examples
+@given(st.data(), st.binary(max_size=200))
+def test_raw_mode_passes_every_byte(data: st.DataObject, stream: bytes) -> None:
+    """Switching to raw mode after the first line hands on exactly the rest."""
+
+    class Switching(Lines):
+        MAX_LENGTH = 16384
+
+        def lineReceived(self, line: bytes) -> None:
+            super().lineReceived(line)
+            self.setRawMode()
+            self.raw = b""
+
+        def rawDataReceived(self, chunk: bytes) -> None:
+            self.raw += chunk
+
+    protocol = connected(Switching())
+    feed_pieces(protocol, data.draw(chunked(b"first\r\n" + stream)))
+    assert protocol.lines == [b"first"]
+    assert protocol.raw == stream
+
+
+# properties of NetstringReceiver
+
+netstring_streams = st.binary(max_size=120) | st.lists(
+    st.sampled_from([b"0", b"1", b"2", b"9", b"12", b":", b",", b"a", b" ", b"-", b"3:abc,"]),
+    max_size=40,
+).map(b"".join)
+
+
+@examples
+@given(st.data(), netstring_streams)
+def test_netstrings_do_not_depend_on_chunking(data: st.DataObject, stream: bytes) -> None:
+    whole = connected(Netstrings())
+    whole.dataReceived(stream)
+    pieces = connected(Netstrings())
+    feed_pieces(pieces, data.draw(chunked(stream)))
+    assert (pieces.strings, pieces.transport.disconnecting) == (
+        whole.strings,
+        whole.transport.disconnecting,
+    )
+    # What was delivered is exactly the valid netstrings at the start of the stream.
+    encoded = b"".join(b"%d:%s," % (len(s), s) for s in whole.strings)
+    assert stream.startswith(encoded)
+    assert all(len(s) <= Netstrings.MAX_LENGTH for s in whole.strings)
+
+
+@examples
+@given(st.data(), st.lists(st.binary(max_size=Netstrings.MAX_LENGTH), max_size=20))
+def test_netstrings_round_trip(data: st.DataObject, strings: list[bytes]) -> None:
+    sender = connected(Netstrings())
+    for string in strings:
+        sender.sendString(string)
+    receiver = connected(Netstrings())
+    feed_pieces(receiver, data.draw(chunked(sender.transport.value())))
+    assert receiver.strings == strings
+    assert not receiver.transport.disconnecting
+
+
+# properties of IntNStringReceiver
+
+INT_CLASSES = [basic.Int32StringReceiver, basic.Int16StringReceiver, basic.Int8StringReceiver]
+
+
+def intn_model(stream: bytes, fmt: str, limit: int) -> tuple[list[bytes], bool]:
+    """The strings an IntN receiver delivers for `stream`, and whether it disconnects."""
+    size = struct.calcsize(fmt)
+    strings: list[bytes] = []
+    offset = 0
+    while len(stream) - offset >= size:
+        (length,) = struct.unpack_from(fmt, stream, offset)
+        if length > limit:
+            return strings, True
+        if len(stream) < offset + size + length:
+            break
+        strings.append(stream[offset + size : offset + size + length])
+        offset += size + length
+    return strings, False
+
+
+@examples
+@given(st.data(), st.sampled_from(INT_CLASSES), st.binary(max_size=120))
+def test_intn_match_the_model_in_any_chunking(
+    data: st.DataObject, base: type[basic.IntNStringReceiver], stream: bytes
+) -> None:
+    protocol = connected_recorder(base, 20)
+    feed_pieces(protocol, data.draw(chunked(stream)))
+    delivered = protocol.strings  # type: ignore[attr-defined]
+    assert (delivered, protocol.transport.disconnecting) == intn_model(
+        stream, base.structFormat, 20
+    )
+
+
+@examples
+@given(st.data(), st.sampled_from(INT_CLASSES), st.lists(st.binary(max_size=300), max_size=12))
+def test_intn_round_trip(
+    data: st.DataObject, base: type[basic.IntNStringReceiver], strings: list[bytes]
+) -> None:
+    sender = connected_recorder(base, 99999)
+    limit = 2 ** (8 * base.prefixLength)
+    sendable = [s for s in strings if len(s) < limit]
+    for string in strings:
+        if len(string) >= limit:
+            try:
+                sender.sendString(string)
+            except basic.StringTooLongError:
+                continue
+            raise AssertionError("a string too long for the prefix was sent")
+        sender.sendString(string)
+    receiver = connected_recorder(base, 99999)
+    feed_pieces(receiver, data.draw(chunked(sender.transport.value())))
+    assert receiver.strings == sendable  # type: ignore[attr-defined]
