@@ -160,6 +160,7 @@ class Clock:
 # -- running a real forkd in tests ----------------------------------------------------------
 # (added with the master: helpers that start `forkd start -n` in a subprocess)
 
+import asyncio as _asyncio  # noqa: E402
 import contextlib as _contextlib  # noqa: E402
 import os as _os  # noqa: E402
 import pathlib as _pathlib  # noqa: E402
@@ -183,17 +184,41 @@ def wait_for(
     condition: Callable[[], Any],
     timeout: float = 10.0,
     interval: float = 0.02,
-    message: str = "condition",
+    message: str | Callable[[], str] = "condition",
 ) -> Any:
-    """Poll `condition` until it returns something truthy; AssertionError after `timeout`."""
+    """Poll `condition` until it returns something truthy, and return that; AssertionError
+    after `timeout` seconds. `message` names what was awaited in the error; a callable is
+    called only then, so it can show state at the deadline (a log's tail, say)."""
     deadline = _time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if _time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+            raise AssertionError(f"timed out after {timeout}s waiting for {_said(message)}")
         _time.sleep(interval)
+
+
+async def wait_for_async(
+    condition: Callable[[], Any],
+    timeout: float = 10.0,
+    interval: float = 0.005,
+    message: str | Callable[[], str] = "condition",
+) -> Any:
+    """wait_for for a coroutine on a running event loop: between polls it yields to the
+    loop (asyncio.sleep), so the connections under test make progress meanwhile."""
+    deadline = _time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if _time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {_said(message)}")
+        await _asyncio.sleep(interval)
+
+
+def _said(message: str | Callable[[], str]) -> str:
+    return message if isinstance(message, str) else message()
 
 
 def forkd_env(extra_paths: Iterable[str] = ()) -> dict[str, str]:
@@ -310,7 +335,9 @@ class RunningForkd:
             pids = self.worker_pids()
             return pids if len(pids) == count and not pids & excluded else None
 
-        return set(wait_for(settled, timeout, message=f"{count} workers: {self.log()[-2000:]}"))
+        return set(
+            wait_for(settled, timeout, message=lambda: f"{count} workers: {self.log()[-2000:]}")
+        )
 
     def stop(self, signum: int = _signal.SIGTERM) -> int:
         if self.process is None:

@@ -25,6 +25,7 @@ from forkd.control.server import (
     ControlSocketError,
     encode,
 )
+from forkd.testing import wait_for
 from tests.fakemaster import FakeMaster
 
 
@@ -326,9 +327,12 @@ def test_slow_client_never_blocks_others(tmp_path: Any) -> None:
         slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         # Thousands of requests whose replies it never reads, and half a message.
         slow.sendall(b"".join(status_request(n) for n in range(3000)) + b"\x00\x00")
-        deadline = time.monotonic() + 5
-        while not any(c.output.pending for c in list(control.clients)):
-            assert time.monotonic() < deadline, "the server never had to buffer"
+        wait_for(
+            lambda: any(c.output.pending for c in list(control.clients)),
+            5,
+            interval=0.001,
+            message="the server to buffer replies",
+        )
         for _ in range(5):
             started = time.monotonic()
             assert request(control.path, "status", timeout=5)["pid"] == os.getpid()
@@ -440,9 +444,7 @@ def test_reply_later_and_across_a_reexec(master: FakeMaster, tmp_path: Any) -> N
     with master.running():
         sock = raw_connect(control.path)
         sock.sendall(encode({"version": 1, "id": 77, "command": "later", "args": {}}))
-        deadline = time.monotonic() + 5
-        while not kept:
-            assert time.monotonic() < deadline
+        wait_for(lambda: kept, 5, interval=0.001, message="the handler to keep the reply")
         state = kept[0].detach()  # what the old image does before exec
         assert json.loads(json.dumps(state))["id"] == 77
         kept[0]._detached_fd = None  # the old image is gone (exec); the fd lives on

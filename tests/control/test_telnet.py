@@ -204,13 +204,14 @@ class TelnetClient:
         self.received = b""
 
     def until(self, marker: bytes, timeout: float = 5.0) -> bytes:
-        deadline = time.monotonic() + timeout
-        while marker not in self.received:
-            assert time.monotonic() < deadline, f"no {marker!r} in {self.received!r}"
-            data = self.sock.recv(65536)
-            if not data:
-                break
+        def arrived() -> bool:
+            if marker in self.received:
+                return True
+            data = self.sock.recv(65536)  # blocks until data comes: nothing to sleep for
             self.received += data
+            return not data or marker in self.received
+
+        wait_for(arrived, timeout, interval=0, message=lambda: f"{marker!r} in {self.received!r}")
         head, _, self.received = self.received.partition(marker)
         return head + (marker if _ else b"")
 

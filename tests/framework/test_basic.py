@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from forkd import basic
 from forkd import protocol as proto_mod
 from forkd.protocol import Factory, protocol_factory
-from forkd.testing import Clock, StringTransport
+from forkd.testing import Clock, StringTransport, wait_for_async
 from tests.loops import LOOPS, run
 
 
@@ -1024,9 +1024,7 @@ async def exchange(factory: Factory, payload: bytes, half_close: bool = True) ->
         writer.write_eof()
     reply = await asyncio.wait_for(reader.read(), 5)
     writer.close()
-    deadline = loop.time() + 5
-    while proto_mod.stats.open and loop.time() < deadline:
-        await asyncio.sleep(0.005)
+    await wait_for_async(lambda: not proto_mod.stats.open, 5, message="the connection lost")
     server.close()
     await server.wait_closed()
     return reply

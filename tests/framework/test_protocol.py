@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,7 +18,7 @@ import pytest
 from forkd import protocol as proto_mod
 from forkd.ports import TCPPort, UNIXPort
 from forkd.protocol import ConnectionDone, Factory, Protocol, Transport, protocol_factory
-from forkd.testing import StringTransport, connect, disconnect
+from forkd.testing import StringTransport, connect, disconnect, wait_for_async
 from tests.loops import LOOPS, run
 
 
@@ -128,9 +127,7 @@ def test_seed_protocol_over_real_tcp_socket() -> None:
         reply = await loop.run_in_executor(
             None, _exchange, ("127.0.0.1", port.port), socket.AF_INET, b"x" * 100_000
         )
-        deadline = loop.time() + 5
-        while ("lost",) not in factory.events and loop.time() < deadline:
-            await asyncio.sleep(0.01)
+        await wait_for_async(lambda: ("lost",) in factory.events, 5, message="connectionLost")
         server.close()
         port.stopListening()
         return reply
@@ -156,9 +153,7 @@ def test_modern_protocol_gets_reason_and_ipv6_peer() -> None:
         reply = await loop.run_in_executor(
             None, _exchange, ("::1", port.port), socket.AF_INET6, b"abc"
         )
-        deadline = loop.time() + 5
-        while not factory.events and loop.time() < deadline:
-            await asyncio.sleep(0.01)
+        await wait_for_async(lambda: factory.events, 5, message="connectionLost")
         server.close()
         port.stopListening()
         return reply
@@ -330,16 +325,6 @@ def test_connection_arriving_while_the_worker_drains_is_told_to_drain() -> None:
 # -- adversarial: on real loopback sockets, under asyncio and uvloop --------------------
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait for `predicate` to hold, failing after `timeout` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.005)
-
-
 async def serve(factory: Factory) -> tuple[asyncio.AbstractServer, tuple[str, int]]:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(protocol_factory(factory), "127.0.0.1", 0)
@@ -375,8 +360,8 @@ def test_exception_in_connection_made_closes_logs_and_cleans_up(
         server, address = await serve(factory)
         reader, writer = await client(address)
         data = await asyncio.wait_for(reader.read(), 5)  # EOF: the server closed
-        await until(lambda: not proto_mod.stats.open)
-        await until(lambda: len(factory.events) == 1)
+        await wait_for_async(lambda: not proto_mod.stats.open, 5)
+        await wait_for_async(lambda: len(factory.events) == 1, 5)
         writer.close()
         server.close()
         await server.wait_closed()
@@ -416,7 +401,7 @@ def test_build_protocol_raising_closes_logs_and_keeps_accepting(
         writer2.write(b"ping")
         second = await asyncio.wait_for(reader2.readexactly(4), 5)
         writer2.close()
-        await until(lambda: not proto_mod.stats.open)
+        await wait_for_async(lambda: not proto_mod.stats.open, 5)
         server.close()
         await server.wait_closed()
         return first, second
@@ -444,7 +429,7 @@ def test_exception_in_data_received_closes_once(
         reader, writer = await client(address)
         writer.write(b"x")
         data = await asyncio.wait_for(reader.read(), 5)
-        await until(lambda: not proto_mod.stats.open and factory.events)
+        await wait_for_async(lambda: not proto_mod.stats.open and factory.events, 5)
         writer.close()
         server.close()
         await server.wait_closed()
@@ -480,9 +465,9 @@ def test_write_after_connection_lost_is_ignored(kind: str) -> None:
     async def scenario() -> None:
         server, address = await serve(factory)
         reader, writer = await client(address)
-        await until(lambda: len(proto_mod.stats.open) == 1)
+        await wait_for_async(lambda: len(proto_mod.stats.open) == 1, 5)
         writer.transport.abort()
-        await until(lambda: bool(outcome))
+        await wait_for_async(lambda: bool(outcome), 5)
         server.close()
         await server.wait_closed()
 
@@ -574,11 +559,11 @@ def test_producer_stopped_on_connection_lost_and_not_resumed_after(kind: str) ->
     async def scenario() -> None:
         server, address = await serve(Recording(Streaming))
         reader, writer = await client(address)
-        await until(lambda: bool(producers) and "pause" in producers[0].events)
+        await wait_for_async(lambda: bool(producers) and "pause" in producers[0].events, 5)
         await reader.readexactly(1 << 20)  # drain some: resumes
-        await until(lambda: "resume" in producers[0].events)
+        await wait_for_async(lambda: "resume" in producers[0].events, 5)
         writer.transport.abort()
-        await until(lambda: not proto_mod.stats.open)
+        await wait_for_async(lambda: not proto_mod.stats.open, 5)
         await asyncio.sleep(0)
         server.close()
         await server.wait_closed()
@@ -611,7 +596,7 @@ def test_churn_returns_open_to_zero(kind: str) -> None:
                     writer.transport.abort()
                 else:
                     writer.close()
-        await until(lambda: not proto_mod.stats.open)
+        await wait_for_async(lambda: not proto_mod.stats.open, 5)
         server.close()
         await server.wait_closed()
         return proto_mod.stats.accepted - before
@@ -636,7 +621,7 @@ def test_half_close_closes_unless_read_connection_lost(kind: str) -> None:
         reader, writer = await client(address)
         writer.write_eof()
         data = await asyncio.wait_for(reader.read(), 5)
-        await until(lambda: not proto_mod.stats.open)
+        await wait_for_async(lambda: not proto_mod.stats.open, 5)
         writer.close()
         server.close()
         await server.wait_closed()
@@ -663,9 +648,9 @@ def test_addresses_after_close_and_ipv6(kind: str) -> None:
         server = await loop.create_server(protocol_factory(Recording(Addr)), host, 0)
         port = server.sockets[0].getsockname()[1]
         reader, writer = await asyncio.open_connection(host, port, family=family)
-        await until(lambda: len(proto_mod.stats.open) == 1)
+        await wait_for_async(lambda: len(proto_mod.stats.open) == 1, 5)
         writer.close()
-        await until(lambda: bool(seen))
+        await wait_for_async(lambda: bool(seen), 5)
         server.close()
         await server.wait_closed()
 
@@ -705,9 +690,9 @@ def test_unix_addresses_path_and_abstract(kind: str, abstract: bool, tmp_path: A
         peer = socket.socket(socket.AF_UNIX)
         peer.connect(path)
         reader, writer = await asyncio.open_unix_connection(sock=peer)
-        await until(lambda: len(seen) == 1)
+        await wait_for_async(lambda: len(seen) == 1, 5)
         writer.close()
-        await until(lambda: len(seen) == 2)
+        await wait_for_async(lambda: len(seen) == 2, 5)
         server.close()
         await server.wait_closed()
 
@@ -741,13 +726,13 @@ def test_echo_to_a_peer_that_does_not_read_stays_bounded(kind: str) -> None:
 
         sender = asyncio.ensure_future(send())
         # Not reading: the client's sends stall once both directions' buffers are full.
-        await until(lambda: writer.transport.get_write_buffer_size() > 0)
+        await wait_for_async(lambda: writer.transport.get_write_buffer_size() > 0, 5)
         received = 0
         while received < total:
             received += len(await reader.read(1 << 20))
         await sender
         writer.close()
-        await until(lambda: not proto_mod.stats.open)
+        await wait_for_async(lambda: not proto_mod.stats.open, 5)
         server.close()
         await server.wait_closed()
         return received

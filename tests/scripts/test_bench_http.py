@@ -20,6 +20,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from forkd.testing import wait_for
+
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
@@ -99,12 +101,16 @@ def test_tree_cpu_seconds_includes_children(tmp_path: Path) -> None:
     burn = [sys.executable, "-c", script + "import time; time.sleep(30)"]
     shell = ["/bin/sh", "-c", f"{shlex.join(burn)} & wait"]
     with processes.Server(shell, tmp_path) as server:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+
+        def burnt() -> dict[int, tuple[float, float]] | None:
             seconds = server.cpu_seconds()
-            if len(seconds) == 2 and sum(u + s for u, s in seconds.values()) >= 0.25:
-                break
-            time.sleep(0.05)
+            return (
+                seconds if len(seconds) == 2 and sum(map(sum, seconds.values())) >= 0.25 else None
+            )
+
+        seconds = wait_for(
+            burnt, 20, interval=0.05, message=lambda: f"CPU of {server.cpu_seconds()}"
+        )
         assert len(seconds) == 2, seconds
         assert sum(u + s for u, s in seconds.values()) >= 0.25
 
@@ -115,9 +121,7 @@ def test_server_stop_kills_the_whole_group(tmp_path: Path) -> None:
     argv = ["/bin/sh", "-c", f"{sys.executable} -c '{child}' & wait"]
     server = processes.Server(argv, tmp_path, grace=0.5)
     with server:
-        deadline = time.monotonic() + 20
-        while len(server.pids()) < 2 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: len(server.pids()) >= 2, 20, message="the shell and its child")
         pids = server.pids()
         assert len(pids) == 2
     gone = psutil.wait_procs([psutil.Process(pid) for pid in pids if psutil.pid_exists(pid)], 5)

@@ -27,11 +27,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from forkd import protocol
-from forkd.testing import Clock, StringTransport, connect, disconnect
+from forkd.testing import Clock, StringTransport, connect, disconnect, wait_for
 from forkd.web import server, static, vhost
 from forkd.web.hello import Hello
 from forkd.web.resource import NOT_DONE_YET, Resource
-from tests.webserving import ResponseReader, ServedSite, get, request, serving, wait_for
+from tests.webserving import ResponseReader, ServedSite, get, request, serving
 from tests.webserving import connect as connect_socket
 
 # -- on a StringTransport ------------------------------------------------------------------
@@ -660,7 +660,7 @@ def test_error_in_the_middle_of_a_pipeline_behind_a_slow_response(echo: Any) -> 
             b"POST /p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
             b"80\r\n" + b"y" * 128 + b"\r\n0\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\n\r\n"
         )
-        wait_for(lambda: resource.pending, what="the slow request")
+        wait_for(lambda: resource.pending, message="the slow request")
 
         def release() -> None:
             slow = resource.pending.pop()
@@ -700,10 +700,10 @@ def test_disconnect_during_a_pending_response_errbacks_once(echo: Any) -> None:
     served, resource = echo
     with connect_socket(served.port) as sock:
         sock.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
-        wait_for(lambda: resource.pending, what="the slow request")
+        wait_for(lambda: resource.pending, message="the slow request")
         served.call(lambda: resource.pending[0].write(b"part"))
         assert sock.recv(1000).startswith(b"HTTP/1.1 200")
-    wait_for(lambda: resource.outcomes, what="the errback")
+    wait_for(lambda: resource.outcomes, message="the errback")
     slow = resource.pending.pop()
     served.call(lambda: (slow.write(b"late"), slow.finish()))  # harmless once gone
     assert len(resource.outcomes) == 1 and isinstance(resource.outcomes[0], Exception)

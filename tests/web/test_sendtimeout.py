@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from forkd.testing import Clock, StringTransport, connect
+from forkd.testing import Clock, StringTransport, connect, wait_for
 from forkd.web import outqueue, server, static
 from forkd.web.outqueue import kernel_queue, unsent
 from forkd.web.resource import NOT_DONE_YET, Resource
-from tests.webserving import ResponseReader, get, serving, wait_for
+from tests.webserving import ResponseReader, get, serving
 
 BIG = bytes(range(256)) * (64 * 1024)  # 16 MiB: more than loopback's kernel buffers hold
 GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -205,7 +205,7 @@ def test_kernel_queue_is_what_the_peer_has_not_acknowledged() -> None:
             received = 0
             while received < sent:
                 received += len(reader.recv(65536))
-            wait_for(lambda: kernel_queue(_SocketTransport(writer)) == 0, what="the acks")
+            wait_for(lambda: kernel_queue(_SocketTransport(writer)) == 0, message="the acks")
     assert kernel_queue(_SocketTransport(writer)) == 0  # closed: unknown, not an error
     assert kernel_queue(object()) == 0
 
@@ -307,7 +307,7 @@ def test_client_that_stops_reading_is_aborted_while_others_are_served(
             assert get(served.port, b"/small.txt").body == b"small\n"
         else:
             assert get(served.port, b"/").status == 200
-        wait_for(lambda: _open_connections(served) == 0, what="the stuck connection's abort")
+        wait_for(lambda: _open_connections(served) == 0, message="the stuck connection's abort")
         assert time.monotonic() - started >= 0.5
         assert _drain(stuck) < len(BIG)
 
@@ -328,7 +328,7 @@ def test_slow_reader_that_keeps_reading_is_not_cut(root: Any, send_buffer: str) 
     site.sendTimeout = 0.5
     with serving(site) as served, _client(served.port) as slow:
         if send_buffer == "large":
-            wait_for(lambda: served.call(lambda: _grow_send_buffers(site)), what="the accept")
+            wait_for(lambda: served.call(lambda: _grow_send_buffers(site)), message="the accept")
         slow.sendall(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
         reader = ResponseReader(slow)
         reader._line()

@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 
 from forkd import protocol
+from forkd.testing import wait_for
 from forkd.web import server
 from forkd.web.hello import Hello
 from forkd.web.resource import NOT_DONE_YET, Resource
-from tests.webserving import ResponseReader, connect, get, request, serving, wait_for
+from tests.webserving import ResponseReader, connect, get, request, serving
 
 
 class Slow(Resource):
@@ -70,7 +71,7 @@ def test_pipelining_behind_a_slow_response_keeps_order() -> None:
             b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET /a HTTP/1.1\r\nHost: x\r\n\r\n"
             b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n12345"
         )
-        wait_for(lambda: slow.pending, what="the slow request")
+        wait_for(lambda: slow.pending, message="the slow request")
 
         def release() -> None:
             req = slow.pending.pop()
@@ -137,7 +138,7 @@ def test_drain_closes_idle_and_finishes_in_progress_with_connection_close() -> N
         assert idle_reader.read().body == b"fast /x"
         busy.sendall(b"GET /y HTTP/1.1\r\nHost: x\r\n\r\nGET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
         assert busy_reader.read().body == b"fast /y"
-        wait_for(lambda: slow.pending, what="the slow request")
+        wait_for(lambda: slow.pending, message="the slow request")
 
         def drain() -> None:
             for proto in list(protocol.stats.open):

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import urllib3
 
-from forkd.testing import StringTransport, connect
+from forkd.testing import StringTransport, connect, wait_for
 from forkd.web import server, static
-from tests.webserving import ResponseReader, get, request, serving, wait_for
+from tests.webserving import ResponseReader, get, request, serving
 from tests.webserving import connect as connect_socket
 
 SECRET = b"TOP-SECRET-CONTENT"
@@ -252,7 +252,7 @@ def test_client_leaving_mid_download_releases_file_and_socket(tree: pathlib.Path
         sock.sendall(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
         ResponseReader(sock)._line()  # the response has started
         sock.close()
-        wait_for(lambda: _fd_count() <= before, what="the server to release its descriptors")
+        wait_for(lambda: _fd_count() <= before, message="the server to release its descriptors")
         assert get(s.port, b"/digits.txt").body == b"0123456789"
 
 
