@@ -174,10 +174,32 @@ REPO_ROOT = str(_pathlib.Path(__file__).resolve().parents[1])
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that no other free_port() call, here or in another process,
+    will return for the next minute, and that a server may bind at once.
+
+    Binding port 0 and closing the socket, the obvious way, hands the port back to the
+    kernel at once: the next bind to port 0 anywhere on the machine may get it (another
+    test's free_port(), under pytest-xdist a concurrent one), and the server the caller
+    starts then fails with "address in use". So the port is parked in TIME_WAIT, as Yelp's
+    ephemeral-port-reserve does: listen on it, connect to it once, and close the accepted
+    end first. That end then holds the port for TIME_WAIT's 60 s on Linux, while bind() to
+    port 0 in every process skips it and so does the kernel's choice of a source port for
+    connect(); yet a server setting SO_REUSEADDR, as forkd's TCPPort does, binds it
+    straight away, since a connection in TIME_WAIT does not block such a bind.
+
+    What is left of the race is a process that binds this very port by number, and a bind
+    without SO_REUSEADDR fails on it for that minute (a test that wants to prove nothing
+    listens on the port must set SO_REUSEADDR too: a listener still refuses it then).
+    """
+    with _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM) as listener:
+        listener.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        address = listener.getsockname()
+        with _socket.create_connection(address, timeout=5):
+            accepted, _ = listener.accept()
+            accepted.close()  # the side that closes first is the one left in TIME_WAIT
+        return int(address[1])
 
 
 def wait_for(

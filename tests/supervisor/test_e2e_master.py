@@ -384,8 +384,10 @@ def test_check_validates_a_tap_without_serving_it(tmp_path: pathlib.Path) -> Non
     result = run_forkd("check", tap)
     assert result.returncode == 0, result.stderr  # doStart is a worker's business, not check's
     assert result.stdout.startswith(f"{tap}: ok: 'probe' with <probetap.ProbeFactory on ")
-    with socket.socket() as sock:  # nothing was bound
+    with socket.socket() as sock:  # nothing was bound: as a server would, bind and listen
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # see free_port
         sock.bind(("127.0.0.1", port))
+        sock.listen()
     (tmp_path / "junk.tap").write_bytes(b"junk")
     result = run_forkd("check", str(tmp_path / "junk.tap"))
     assert result.returncode == 1 and result.stderr.strip().endswith("not a forkd tap file")
