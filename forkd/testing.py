@@ -244,18 +244,108 @@ def _said(message: str | Callable[[], str]) -> str:
 
 
 def forkd_env(extra_paths: Iterable[str] = ()) -> dict[str, str]:
-    """The environment a forkd subprocess needs to import the source tree (and test taps)."""
+    """The environment a forkd, forkctl or mktap subprocess needs: the source tree (and
+    `extra_paths`, where test tap modules live) first on PYTHONPATH, and none of the
+    caller's NOTIFY_SOCKET or FORKD_CONTROL, which would send it to a systemd or a master
+    that the test does not own."""
     env = dict(_os.environ)
     paths = [REPO_ROOT, *extra_paths]
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = _os.pathsep.join(paths)
     env.pop("NOTIFY_SOCKET", None)
+    env.pop("FORKD_CONTROL", None)
     return env
 
 
 def forkd_command(*args: str) -> list[str]:
+    """The argv of `forkd ARGS`, run by this interpreter."""
     return [_sys.executable, "-m", "forkd.cli.forkd", *args]
+
+
+def forkctl_command(*args: str) -> list[str]:
+    """The argv of `forkctl ARGS`, run by this interpreter."""
+    return [_sys.executable, "-m", "forkd.cli.forkctl", *args]
+
+
+def mktap_command(*args: str) -> list[str]:
+    """The argv of `mktap ARGS`, run by this interpreter."""
+    return [_sys.executable, "-m", "forkd.cli.mktap", *args]
+
+
+def run_forkd(
+    *args: str,
+    extra_paths: Iterable[str] = (),
+    cwd: str | _os.PathLike[str] | None = None,
+    timeout: float = 60.0,
+) -> _subprocess.CompletedProcess[str]:
+    """Run `forkd ARGS` to the end (`start` without -n returns once the daemon serves) and
+    return its exit code, stdout and stderr (as text); AssertionError on a timeout.
+    `RunningForkd` is the master in the foreground, for the length of a `with` block."""
+    return _finished(forkd_command(*args), extra_paths, cwd, timeout, None)
+
+
+def forkctl(
+    ctl: str | None,
+    *args: str,
+    extra_paths: Iterable[str] = (),
+    cwd: str | _os.PathLike[str] | None = None,
+    timeout: float = 60.0,
+    forkd: RunningForkd | None = None,
+) -> _subprocess.CompletedProcess[str]:
+    """Run `forkctl -c CTL ARGS` to the end and return its exit code, stdout and stderr
+    (as text). With `ctl` None there is no -c: forkctl finds the socket itself, in `cwd`.
+
+    A forkctl still running after `timeout` seconds is killed and fails the test with an
+    AssertionError naming the command (and showing the tail of `forkd`'s log if given)."""
+    command = forkctl_command(*(["-c", ctl] if ctl is not None else []), *args)
+    return _finished(command, extra_paths, cwd, timeout, forkd)
+
+
+def mktap(
+    *args: str,
+    extra_paths: Iterable[str] = (),
+    cwd: str | _os.PathLike[str] | None = None,
+    timeout: float = 60.0,
+) -> _subprocess.CompletedProcess[str]:
+    """Run `mktap ARGS` to the end and return its exit code, stdout and stderr (as text).
+    `extra_paths` are where the tap modules it is given live; AssertionError on a timeout."""
+    return _finished(mktap_command(*args), extra_paths, cwd, timeout, None)
+
+
+def make_tap(
+    path: str | _os.PathLike[str],
+    module: str,
+    *options: str,
+    extra_paths: Iterable[str] = (),
+) -> str:
+    """Write the tap file `path` with `mktap -o PATH MODULE OPTIONS` and return its path;
+    AssertionError with mktap's stderr if it fails."""
+    done = mktap("-o", str(path), module, *options, extra_paths=extra_paths)
+    assert done.returncode == 0, f"mktap {module} {' '.join(options)}: {done.stderr}"
+    return str(path)
+
+
+def _finished(
+    command: list[str],
+    extra_paths: Iterable[str],
+    cwd: str | _os.PathLike[str] | None,
+    timeout: float,
+    forkd: RunningForkd | None,
+) -> _subprocess.CompletedProcess[str]:
+    try:
+        return _subprocess.run(
+            command,
+            env=forkd_env(extra_paths),
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except _subprocess.TimeoutExpired:
+        log = f"\n{forkd.log()[-6000:]}" if forkd is not None else ""
+        shown = " ".join(command[2:])
+        raise AssertionError(f"{shown}: not finished in {timeout}s{log}") from None
 
 
 class RunningForkd:

@@ -5,28 +5,16 @@ from __future__ import annotations
 
 import os
 import pathlib
-import subprocess
-import sys
 
 import probetap
 import pytest
 
 from forkd import tapfile
 from forkd.control.client import request
-from forkd.testing import RunningForkd, forkd_env, free_port
+from forkd.testing import RunningForkd, forkctl, free_port, mktap
 from tests import TAP_MODULES_DIR
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def forkctl(ctl: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "forkd.cli.forkctl", "-c", ctl, *args],
-        env=forkd_env([TAP_MODULES_DIR]),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def shell(ctl: str, source: str) -> str:
@@ -48,25 +36,17 @@ def test_append_then_mktap_append_by_hand_then_reload_keeps_both(tmp_path: pathl
     with RunningForkd(tap, workers=1, extra_paths=[TAP_MODULES_DIR]):
         added = forkctl(ctl, "append", "echo", "--port", str(live), "--interface", "127.0.0.1")
         assert added.returncode == 0, added.stderr
-        mktap = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "forkd.cli.mktap",
-                "--append",
-                tap,
-                "echo",
-                "--port",
-                str(by_hand),
-                "--interface",
-                "127.0.0.1",
-            ],
-            env=forkd_env([TAP_MODULES_DIR]),
-            capture_output=True,
-            text=True,
-            timeout=30,
+        appended = mktap(
+            "--append",
+            tap,
+            "echo",
+            "--port",
+            str(by_hand),
+            "--interface",
+            "127.0.0.1",
+            extra_paths=[TAP_MODULES_DIR],  # the tap names probetap's classes
         )
-        assert mktap.returncode == 0, mktap.stderr
+        assert appended.returncode == 0, appended.stderr
         assert len(disk_ports(tap)) == 3
         reloaded = forkctl(ctl, "reload")
         assert reloaded.returncode == 0, reloaded.stderr

@@ -4,15 +4,13 @@ served by every worker, kept across a reload, added live with forkctl append."""
 from __future__ import annotations
 
 import pathlib
-import subprocess
-import sys
 
 import pytest
 import udptap
 
 from forkd import tapfile
 from forkd.app import Application
-from forkd.testing import RunningForkd, forkd_env
+from forkd.testing import RunningForkd, forkctl
 from tests import TAP_MODULES_DIR
 
 pytestmark = pytest.mark.timeout(120)
@@ -24,16 +22,6 @@ def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def forkctl(ctl: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "forkd.cli.forkctl", "-c", ctl, *args],
-        env=forkd_env([TAP_MODULES_DIR]),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_seed_style_udp_port_through_start_reload_and_append(tmp_path: pathlib.Path) -> None:

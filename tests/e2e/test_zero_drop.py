@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import http.client
 import pathlib
-import subprocess
-import sys
 import threading
 import time
 from typing import Any
@@ -19,7 +17,7 @@ import pytest
 
 from forkd.app import Application
 from forkd.ports import TCPPort
-from forkd.testing import RunningForkd, forkd_env, free_port, wait_for
+from forkd.testing import RunningForkd, forkctl, free_port, wait_for
 from forkd.web import server
 from forkd.web.hello import Hello
 
@@ -69,16 +67,6 @@ class KeepAliveLoad:
         self._stop.set()
         for thread in self._threads:
             thread.join(15)
-
-
-def forkctl(ctl: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "forkd.cli.forkctl", "-c", ctl, *args],
-        env=forkd_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_keep_alive_clients_lose_nothing_across_reloads_and_restarts(

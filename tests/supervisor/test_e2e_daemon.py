@@ -16,35 +16,24 @@ import pytest
 
 from forkd.supervisor import pidfile as pidfile_module
 from forkd.supervisor.pidfile import PidFile, read_pid
-from forkd.testing import forkd_command, forkd_env, free_port, wait_for
+from forkd.testing import (
+    forkctl,
+    forkd_command,
+    forkd_env,
+    free_port,
+    make_tap,
+    run_forkd,
+    wait_for,
+)
 from tests import TAP_MODULES_DIR
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def run(
-    *args: str, cwd: str | None = None, module: str = "forkd.cli.forkd", **kwargs: Any
-) -> subprocess.CompletedProcess[str]:
-    command = [*forkd_command()[:2], module, *args]
-    return subprocess.run(
-        command, env=forkd_env(), capture_output=True, text=True, timeout=30, cwd=cwd, **kwargs
-    )
-
-
 def echo_tap(directory: pathlib.Path) -> tuple[str, int]:
     port = free_port()
-    run(
-        "-o",
-        str(directory / "echo.tap"),
-        "echo",
-        "--port",
-        str(port),
-        "--interface",
-        "127.0.0.1",
-        module="forkd.cli.mktap",
-        check=True,
-    )
-    return str(directory / "echo.tap"), port
+    tap = make_tap(directory / "echo.tap", "echo", "--port", str(port), "--interface", "127.0.0.1")
+    return tap, port
 
 
 def echo_once(port: int) -> bytes:
@@ -56,7 +45,7 @@ def echo_once(port: int) -> bytes:
 def test_log_to_stderr_as_a_daemon_is_refused(tmp_path: pathlib.Path) -> None:
     """A daemon keeping the caller's stderr would hang `out=$(forkd start ... 2>&1)`."""
     tap, _ = echo_tap(tmp_path)
-    result = run("start", tap, "-w", "1", "-l", "-")
+    result = run_forkd("start", tap, "-w", "1", "-l", "-")
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "needs -n" in result.stderr
     assert not (tmp_path / "echo.pid").exists()
@@ -94,7 +83,7 @@ def test_daemon_detaches_and_keeps_no_descriptor_of_its_caller(tmp_path: pathlib
             text = pathlib.Path(log).read_text()
             assert f"[{pid}] [master]" in text and "] [worker 1] " in text
         finally:
-            stopped = run("stop", tap)
+            stopped = run_forkd("stop", tap)
         assert stopped.returncode == 0, stopped.stderr
         assert not (tmp_path / "echo.pid").exists()
     finally:
@@ -162,14 +151,12 @@ def test_notify_protocol_reload_from_elsewhere_and_ctrl_c(tmp_path: pathlib.Path
         ready = datagrams(notify, b"READY=1")
         assert f"MAINPID={process.pid}".encode() in b"\n".join(ready)
         assert echo_once(port) == b"ping"
-        reloaded = run(
-            "-c", "../echo.ctl", "reload", cwd=str(elsewhere), module="forkd.cli.forkctl"
-        )
+        reloaded = forkctl("../echo.ctl", "reload", cwd=str(elsewhere))
         assert reloaded.returncode == 0, reloaded.stderr
         after = datagrams(notify, b"READY=1")
         assert after[0].startswith(b"RELOADING=1\nMONOTONIC_USEC="), after
         assert read_pid(str(tmp_path / "echo.pid")) == process.pid
-        status = run("status", "../echo.tap", cwd=str(elsewhere))
+        status = run_forkd("status", "../echo.tap", cwd=str(elsewhere))
         assert status.returncode == 0 and f"master pid {process.pid}" in status.stdout
         assert echo_once(port) == b"ping"
         process.send_signal(signal.SIGINT)
@@ -198,9 +185,7 @@ def test_a_stop_while_workers_boot_tells_the_waiting_start(tmp_path: pathlib.Pat
     )
     try:
         pid = wait_for(lambda: read_pid(str(tmp_path / "hang.pid")), 20, message="pidfile")
-        stopped = subprocess.run(
-            forkd_command("stop", tap, "--now"), env=env, capture_output=True, text=True, timeout=30
-        )
+        stopped = run_forkd("stop", tap, "--now", extra_paths=[TAP_MODULES_DIR])
         assert stopped.returncode == 0 and f"pid {pid}" in stopped.stderr, stopped.stderr
         assert starting.wait(20) == 1
     finally:

@@ -6,32 +6,16 @@ from __future__ import annotations
 import pathlib
 import socket
 import subprocess
-import sys
 
 import probetap
 import pytest
 
 from forkd.app import Application
 from forkd.ports import TCPPort
-from forkd.testing import REPO_ROOT, RunningForkd, forkd_env, free_port, wait_for
+from forkd.testing import RunningForkd, forkctl, free_port, wait_for
 from tests import TAP_MODULES_DIR
 
-pytestmark = [
-    pytest.mark.timeout(90),
-    pytest.mark.skipif(
-        not (pathlib.Path(REPO_ROOT) / "forkd/cli/forkctl.py").exists(), reason="no forkctl"
-    ),
-]
-
-
-def forkctl(ctl: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "forkd.cli.forkctl", "-c", ctl, *args],
-        env=forkd_env([TAP_MODULES_DIR]),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+pytestmark = pytest.mark.timeout(90)
 
 
 def test_add_remove_restart_reload_scale(tmp_path: pathlib.Path) -> None:

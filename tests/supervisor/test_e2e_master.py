@@ -15,44 +15,21 @@ from concurrent.futures import ThreadPoolExecutor
 import probetap
 import pytest
 
+from forkd import testing
 from forkd.control.client import request
-from forkd.testing import RunningForkd, forkd_command, forkd_env, free_port, wait_for
+from forkd.testing import RunningForkd, free_port, make_tap, wait_for
 from tests import TAP_MODULES_DIR
 
 pytestmark = pytest.mark.timeout(90)
 
 
-def run_forkd(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        forkd_command(*args),
-        env=forkd_env([TAP_MODULES_DIR]),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+def run_forkd(*args: str) -> subprocess.CompletedProcess[str]:
+    """`forkd ARGS` with the test tap modules importable."""
+    return testing.run_forkd(*args, extra_paths=[TAP_MODULES_DIR], timeout=30)
 
 
 def echo_tap(directory: pathlib.Path, port: int) -> str:
-    result = subprocess.run(
-        [
-            *forkd_command()[:2],
-            "forkd.cli.mktap",
-            "-o",
-            str(directory / "echo.tap"),
-            "echo",
-            "--port",
-            str(port),
-            "--interface",
-            "127.0.0.1",
-        ],
-        env=forkd_env(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    assert "wrote" in result.stderr
-    return str(directory / "echo.tap")
+    return make_tap(directory / "echo.tap", "echo", "--port", str(port), "--interface", "127.0.0.1")
 
 
 def echo_once(port: int, payload: bytes) -> bytes:
