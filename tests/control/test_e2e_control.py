@@ -1,5 +1,7 @@
 """End-to-end: a real `forkd start` master, driven by the real `forkctl` and telnet, on
-127.0.0.1 (issue 4's must-show list)."""
+127.0.0.1 (issue 4's must-show list); and the control plane when the files under a running
+master change or vanish, and when clients crowd it or die mid-request.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import io
 import os
 import pathlib
 import random
+import signal
 import socket
 import stat
 import subprocess
@@ -16,14 +19,26 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import probetap
 import pytest
 
 from forkd import tapfile
 from forkd.app import Application
 from forkd.cli import shell_client
-from forkd.control.client import request
+from forkd.control.client import Connection, request
 from forkd.control.server import HEADER, encode
-from forkd.testing import RunningForkd, forkd_env, free_port, wait_for
+from forkd.testing import (
+    RunningForkd,
+    forkctl,
+    forkctl_command,
+    forkd_command,
+    forkd_env,
+    free_port,
+    mktap,
+    run_forkd,
+    wait_for,
+)
+from tests import TAP_MODULES_DIR
 
 PIDTAP = '''
 """A test tap: answers each connection's first line with "<greeting> <worker pid>"."""
@@ -75,22 +90,6 @@ def ask(port: int, timeout: float = 5.0) -> tuple[str, int]:
     return greeting, int(pid)
 
 
-def forkctl(
-    ctl: str, *args: str, env: dict[str, str], forkd: RunningForkd | None = None
-) -> subprocess.CompletedProcess[str]:
-    try:
-        return subprocess.run(
-            [sys.executable, "-m", "forkd.cli.forkctl", "-c", ctl, *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
-    except subprocess.TimeoutExpired:
-        log = forkd.log()[-6000:] if forkd is not None else ""
-        raise AssertionError(f"forkctl {' '.join(args)}: no answer in 20s\n{log}") from None
-
-
 class Load:
     """A bounded load loop in a thread: fresh connections, one request each; counts."""
 
@@ -139,12 +138,10 @@ def site(tmp_path: pathlib.Path) -> Iterator[dict[str, Any]]:
     app.addPort(TCPPort(port, factory, interface="127.0.0.1"))
     app.tapfile = str(tmp_path / "app.tap")
     app.save()
-    env = forkd_env([str(tmp_path)])
     yield {
         "tap": app.tapfile,
         "port": port,
         "ctl": str(tmp_path / "app.ctl"),
-        "env": env,
         "dir": tmp_path,
     }
     sys.path.remove(str(tmp_path))
@@ -152,7 +149,7 @@ def site(tmp_path: pathlib.Path) -> Iterator[dict[str, Any]]:
 
 
 def test_append_reload_restart_under_load_lose_nothing(site: dict[str, Any]) -> None:
-    env, ctl = site["env"], site["ctl"]
+    ctl = site["ctl"]
     with RunningForkd(site["tap"], workers=2, extra_paths=[str(site["dir"])]) as forkd:
         assert stat.S_IMODE(os.stat(ctl).st_mode) == 0o600
         master_pid = forkd.pid
@@ -161,20 +158,20 @@ def test_append_reload_restart_under_load_lose_nothing(site: dict[str, Any]) -> 
         with Load([site["port"]]) as load:
             for _ in range(10):
                 port = free_port()
-                done = forkctl(ctl, "append", "pidtap", "--port", str(port), env=env, forkd=forkd)
+                done = forkctl(ctl, "append", "pidtap", "--port", str(port), forkd=forkd)
                 assert done.returncode == 0, done.stderr
                 added.append(port)
                 load.ports = [site["port"], *added]
                 assert ask(port)[1] in workers  # served at once, by the same workers
                 assert forkd.worker_pids() == workers  # no worker restarted
             for _ in range(10):
-                done = forkctl(ctl, "reload", env=env, forkd=forkd)
+                done = forkctl(ctl, "reload", forkd=forkd)
                 assert done.returncode == 0, done.stderr + forkd.log()[-3000:]
                 new = forkd.wait_workers(2, exclude=workers)
                 assert not new & workers  # every worker replaced
                 workers = new
             for _ in range(5):
-                done = forkctl(ctl, "restart", env=env, forkd=forkd)
+                done = forkctl(ctl, "restart", forkd=forkd)
                 assert done.returncode == 0, done.stderr
                 workers = forkd.wait_workers(2, exclude=workers)
             assert request(ctl, "status")["pid"] == master_pid
@@ -210,14 +207,14 @@ def test_append_is_served_by_every_worker_at_once(site: dict[str, Any]) -> None:
 
 
 def test_reload_with_a_tap_module_that_raises_at_import(site: dict[str, Any]) -> None:
-    env, ctl = site["env"], site["ctl"]
+    ctl = site["ctl"]
     with RunningForkd(site["tap"], workers=2, extra_paths=[str(site["dir"])]) as forkd:
         workers = forkd.wait_workers(2)
         (site["dir"] / "pidtap.py").write_text(
             'raise RuntimeError("pidtap is broken at import")\n' + PIDTAP
         )
         with Load([site["port"]]) as load:
-            done = forkctl(ctl, "reload", env=env)
+            done = forkctl(ctl, "reload")
             wait_for(lambda: load.ok > 20, message="requests after the failed reload")
         assert done.returncode != 0
         assert "pidtap is broken at import" in done.stderr
@@ -228,7 +225,7 @@ def test_reload_with_a_tap_module_that_raises_at_import(site: dict[str, Any]) ->
 
 
 def test_reload_serves_the_changed_code_of_a_tap_module(site: dict[str, Any]) -> None:
-    env, ctl = site["env"], site["ctl"]
+    ctl = site["ctl"]
     with RunningForkd(site["tap"], workers=2, extra_paths=[str(site["dir"])]) as forkd:
         workers = forkd.wait_workers(2)
         assert ask(site["port"])[0] == "hello"
@@ -236,7 +233,7 @@ def test_reload_serves_the_changed_code_of_a_tap_module(site: dict[str, Any]) ->
             PIDTAP.replace('f"{self.factory.greeting} ', 'f"v2-{self.factory.greeting} ')
         )
         with Load([site["port"]]) as load:
-            done = forkctl(ctl, "reload", env=env, forkd=forkd)
+            done = forkctl(ctl, "reload", forkd=forkd)
             assert done.returncode == 0, done.stderr
             new = forkd.wait_workers(2, exclude=workers)
             served = load.ok
@@ -249,26 +246,17 @@ def test_reload_serves_the_changed_code_of_a_tap_module(site: dict[str, Any]) ->
 
 def test_seed_session_over_forkctl_shell_and_telnet(site: dict[str, Any]) -> None:
     tmp: pathlib.Path = site["dir"]
-    env = site["env"]
     (tmp / "pw").write_text("open-sesame\n")
     telnet_port, echo_port = free_port(), free_port()
-    made = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "forkd.cli.mktap",
-            "--append",
-            site["tap"],
-            "telnet",
-            "--port",
-            str(telnet_port),
-            "--password-file",
-            str(tmp / "pw"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
+    made = mktap(
+        "--append",
+        site["tap"],
+        "telnet",
+        "--port",
+        str(telnet_port),
+        "--password-file",
+        str(tmp / "pw"),
+        extra_paths=[str(tmp)],  # the tap names pidtap's classes
         cwd=tmp,
     )
     assert made.returncode == 0, made.stderr
@@ -319,7 +307,7 @@ def test_seed_session_over_forkctl_shell_and_telnet(site: dict[str, Any]) -> Non
         new = forkd.wait_workers(2, exclude=workers)  # the rolling restart
         assert all(ask(site["port"])[0] == "changed" for _ in range(20))
         assert forkd.worker_pids() == new
-        done = forkctl(site["ctl"], "stop", env=env)
+        done = forkctl(site["ctl"], "stop")
         assert done.returncode == 0, done.stderr
         forkd.process.wait(30)  # type: ignore[union-attr]
     known_good, shutdown = tmp / "app-known-good.tap", tmp / "app-shutdown.tap"
@@ -360,3 +348,161 @@ def test_random_control_messages_leave_the_real_master_serving(site: dict[str, A
         sock.close()
         assert request(ctl, "status")["workers"]
         assert ask(site["port"])[0] == "hello"
+
+
+# -- hostile: files changed or gone under the master, crowds, clients dying mid-request -----
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("damage", ["delete", "world-writable", "garbage", "newer", "empty"])
+def test_damaged_tap_reload_and_save(tmp_path: pathlib.Path, damage: str) -> None:
+    port = free_port()
+    tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
+    ctl = str(tmp_path / "probe.ctl")
+    with RunningForkd(tap, workers=1, extra_paths=[TAP_MODULES_DIR]) as forkd:
+        workers = forkd.wait_workers(1)
+        if damage == "delete":
+            os.unlink(tap)
+        elif damage == "world-writable":
+            os.chmod(tap, 0o666)
+        elif damage == "garbage":
+            pathlib.Path(tap).write_bytes(b"\x00garbage" * 10)
+        elif damage == "empty":
+            pathlib.Path(tap).write_bytes(b"")
+        else:
+            data = pathlib.Path(tap).read_bytes()
+            header = tapfile.header()
+            assert data.startswith(header)
+            pathlib.Path(tap).write_bytes(header.replace(b"1", b"9", 1) + data[len(header) :])
+        failed = forkctl(ctl, "reload")
+        assert failed.returncode != 0
+        assert len(failed.stderr.strip().splitlines()) == 1, failed.stderr
+        assert "Traceback" not in failed.stderr
+        assert forkd.worker_pids() == workers
+        assert probetap.ask(port, "hi") == "hi"
+        saved = forkctl(ctl, "save")
+        assert saved.returncode == 0, saved.stderr
+        assert probetap.ports_of(tapfile.load(tap)) == [f"tcp:127.0.0.1:{port}"]
+        reloaded = forkctl(ctl, "reload")
+        assert reloaded.returncode == 0, reloaded.stderr
+
+
+@pytest.mark.timeout(60)
+def test_control_socket_deleted_under_the_master(tmp_path: pathlib.Path) -> None:
+    port = free_port()
+    tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
+    ctl = str(tmp_path / "probe.ctl")
+    with RunningForkd(tap, workers=1, extra_paths=[TAP_MODULES_DIR]) as forkd:
+        os.unlink(ctl)
+        status = forkctl(ctl, "status")
+        assert status.returncode != 0 and len(status.stderr.strip().splitlines()) == 1
+        assert "Traceback" not in status.stderr
+        # the master binds it again: forkctl works without a restart
+        wait_for(
+            lambda: forkctl(ctl, "status").returncode == 0,
+            timeout=10,
+            message="the control socket to come back",
+        )
+        assert os.stat(ctl).st_mode & 0o777 == 0o600
+        fstatus = run_forkd("status", tap, extra_paths=[TAP_MODULES_DIR], timeout=30)
+        assert "Traceback" not in fstatus.stderr
+        # the test is the master's parent: reap it, or `forkd stop` would wait on a zombie
+        stop = subprocess.Popen(
+            forkd_command("stop", tap),
+            env=forkd_env([TAP_MODULES_DIR]),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert forkd.process.wait(20) == 0, forkd.log()
+        assert stop.wait(20) == 0, stop.communicate()[1]
+        assert "Traceback" not in forkd.log()
+
+
+@pytest.mark.timeout(60)
+def test_fifty_concurrent_status_clients(tmp_path: pathlib.Path) -> None:
+    port = free_port()
+    tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
+    ctl = str(tmp_path / "probe.ctl")
+    with RunningForkd(tap, workers=1, extra_paths=[TAP_MODULES_DIR]) as forkd:
+        results: list[object] = []
+        lock = threading.Lock()
+
+        def one() -> None:
+            try:
+                value: object = request(ctl, "status", timeout=30)["pid"]
+            except Exception as error:
+                value = error
+            with lock:
+                results.append(value)
+
+        threads = [threading.Thread(target=one) for _ in range(50)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(40)
+        assert results == [forkd.pid] * 50, results
+
+
+@pytest.mark.timeout(60)
+def test_client_killed_mid_reload(tmp_path: pathlib.Path) -> None:
+    port = free_port()
+    hold = str(tmp_path / "hold")
+    tap = probetap.make_tap(str(tmp_path / "probe.tap"), port, hold_flag=hold)
+    ctl = str(tmp_path / "probe.ctl")
+    with RunningForkd(tap, workers=1, extra_paths=[TAP_MODULES_DIR]) as forkd:
+        first = forkd.wait_workers(1)
+        pathlib.Path(hold).touch()
+        client = subprocess.Popen(forkctl_command("-c", ctl, "reload"), env=forkd_env())
+        wait_for(lambda: len(forkd.worker_pids()) == 2, message="new generation forked")
+        client.send_signal(signal.SIGKILL)
+        client.wait(10)
+        os.unlink(hold)
+        forkd.wait_workers(1, exclude=first)
+        assert request(ctl, "status")["generation"] == 2
+        assert forkd.process.poll() is None
+
+
+@pytest.mark.timeout(60)
+def test_client_gone_before_reload_refusal_reply(tmp_path: pathlib.Path) -> None:
+    port = free_port()
+    tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
+    ctl = str(tmp_path / "probe.ctl")
+    with RunningForkd(tap, workers=1, extra_paths=[TAP_MODULES_DIR]) as forkd:
+        for _ in range(5):
+            connection = Connection(ctl, 5)
+            connection.sock.sendall(
+                b"\x00\x00\x00\x3f"
+                + b'{"version": 1, "id": 1, "command": "reload", "args": {}}'.ljust(63)
+            )
+            connection.close()
+        assert request(ctl, "status")["pid"] == forkd.pid
+
+
+@pytest.mark.timeout(60)
+def test_shell_session_survives_restart_and_reload(tmp_path: pathlib.Path) -> None:
+    port = free_port()
+    tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
+    ctl = str(tmp_path / "probe.ctl")
+    with RunningForkd(tap, workers=1, extra_paths=[TAP_MODULES_DIR]) as forkd:
+        first = forkd.wait_workers(1)
+        out = io.StringIO()
+        lines = ["x = 41", "after_restart", "after_reload", "x = 1", "x + 1"]
+
+        def read(prompt: str) -> str:
+            if not lines:
+                raise EOFError
+            line = lines.pop(0)
+            if line == "after_restart":
+                assert forkctl(ctl, "restart").returncode == 0
+                forkd.wait_workers(1, exclude=first)
+                return "x + 1"
+            if line == "after_reload":
+                assert forkctl(ctl, "reload").returncode == 0
+                return "x + 1"
+            return line
+
+        assert shell_client.interact(ctl, read=read, out=out, timeout=30) == 0
+        text = out.getvalue()
+        assert "42" in text  # the session outlived the restart
+        assert "new shell session" in text and "Traceback" not in text
+        assert text.rstrip().endswith("2"), text
