@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
+import socket
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from forkd import tapfile
+from forkd import tapfile, testing
 from forkd.app import Application
 from forkd.cli import forkctl
 from forkd.control.server import ControlServer
-from forkd.testing import REPO_ROOT
 from tests.fakemaster import FakeMaster
 from workers.echo import EchoFactory
 
@@ -135,33 +133,41 @@ def test_scale_save_reopen_restart_stop(running: tuple[FakeMaster, str], capsys:
 def test_forkctl_as_a_process(running: tuple[FakeMaster, str], tmp_path: Any) -> None:
     """The real executable path: exit codes and stderr from a separate process, with the
     socket found as the only *.ctl in the working directory."""
-    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
-    env.pop("FORKD_CONTROL", None)
-    ok = subprocess.run(
-        [sys.executable, "-m", "forkd.cli.forkctl", "status"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    ok = testing.forkctl(None, "status", cwd=tmp_path, timeout=30)
     assert ok.returncode == 0 and "WORKER" in ok.stdout, ok.stderr
-    bad = subprocess.run(
-        [sys.executable, "-m", "forkd.cli.forkctl", "scale", "lots"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    bad = testing.forkctl(None, "scale", "lots", cwd=tmp_path, timeout=30)
     assert bad.returncode == 1
     assert bad.stderr.strip() == "forkctl: bad worker count 'lots': give N, +N or -N"
-    usage = subprocess.run(
-        [sys.executable, "-m", "forkd.cli.forkctl", "frobnicate"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    usage = testing.forkctl(None, "frobnicate", cwd=tmp_path, timeout=30)
     assert usage.returncode == 2
+
+
+# -- user errors: one line, the right exit (was: a traceback for --timeout -1) ------------
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf", "soon"])
+def test_forkctl_bad_timeout_is_a_usage_error(value: str, capsys: Any) -> None:
+    with pytest.raises(SystemExit) as exited:
+        forkctl.main(["--timeout", value, "-c", "/nonexistent.ctl", "status"])
+    assert exited.value.code == 2
+    assert "argument --timeout" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_forkctl_names_a_control_path_that_is_a_file_or_directory(
+    tmp_path: Any, capsys: Any, monkeypatch: Any
+) -> None:
+    (tmp_path / "app.ctl").write_text("not a socket")
+    assert forkctl.main(["-c", str(tmp_path / "app.ctl"), "status"]) == 1
+    assert "app.ctl is not a control socket" in capsys.readouterr().err
+    monkeypatch.setenv("FORKD_CONTROL", str(tmp_path))
+    assert forkctl.main(["status"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"forkctl: $FORKD_CONTROL: {tmp_path} is a directory, not a control socket"
+
+
+def test_forkctl_picks_the_only_socket_among_several_ctl_files(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    monkeypatch.delenv("FORKD_CONTROL", raising=False)
+    (tmp_path / "copy.ctl").write_text("")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tmp_path / "web.ctl"))
+        assert forkctl.find_socket(None, str(tmp_path)) == str(tmp_path / "web.ctl")

@@ -1,28 +1,40 @@
-"""mktap end to end: the CLI as a user runs it, in a scratch directory."""
+"""mktap end to end: the CLI as a user runs it, in a scratch directory.
+
+The user errors at the end were each a bug found by using the tool: a tap module's garbage
+written into a tap or reported as a bare unpacking error, a read-only tap or a file that is
+not a tap overwritten. Each must be one line, the right exit, and no data lost."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
 from forkd import tapfile
+from forkd.testing import mktap
+
+TAP_HEAD = "from forkd import usage\nfrom forkd.protocol import Factory\n"
 
 
-def mktap(cwd, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "forkd.cli.mktap", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def mktap_in(cwd: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    """mktap run in `cwd`, with `cwd` importable (for the test's own tap modules)."""
+    return mktap(*args, cwd=cwd, extra_paths=[str(cwd)])
+
+
+def one_line(done: subprocess.CompletedProcess[str]) -> str:
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    return lines[0]
 
 
 def test_create_then_append_gives_two_ports(tmp_path) -> None:
-    assert mktap(tmp_path, "echo", "--port", "9001").returncode == 0
-    done = mktap(tmp_path, "--append", "echo.tap", "echo", "--port", "9002")
+    done = mktap_in(tmp_path, "echo", "--port", "9001")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == f"mktap: wrote {tmp_path / 'echo.tap'}\n"
+    done = mktap_in(tmp_path, "--append", "echo.tap", "echo", "--port", "9002")
     assert done.returncode == 0, done.stderr
     app = tapfile.load(str(tmp_path / "echo.tap"))
     assert [repr(p) for p in app.ports] == [
@@ -32,7 +44,7 @@ def test_create_then_append_gives_two_ports(tmp_path) -> None:
 
 
 def test_output_and_user_group(tmp_path) -> None:
-    done = mktap(
+    done = mktap_in(
         tmp_path, "-o", "custom.tap", "-u", "65534", "-g", "65534", "daytime", "-p", "8013"
     )
     assert done.returncode == 0, done.stderr
@@ -41,7 +53,7 @@ def test_output_and_user_group(tmp_path) -> None:
 
 
 def test_list_names_each_tap_with_its_summary(tmp_path) -> None:
-    done = mktap(tmp_path, "--list")
+    done = mktap_in(tmp_path, "--list")
     assert done.returncode == 0
     lines = dict(line.split(None, 1) for line in done.stdout.splitlines())
     assert lines["echo"].startswith("Echo server")
@@ -49,7 +61,7 @@ def test_list_names_each_tap_with_its_summary(tmp_path) -> None:
 
 
 def test_tap_help_shows_usage_message_and_options(tmp_path) -> None:
-    done = mktap(tmp_path, "echo", "--help")
+    done = mktap_in(tmp_path, "echo", "--help")
     assert done.returncode == 0
     assert "Usage: mktap [mktap options] echo [echo options]" in done.stdout
     assert "sends back every byte" in done.stdout and "--port" in done.stdout
@@ -66,14 +78,14 @@ def test_tap_help_shows_usage_message_and_options(tmp_path) -> None:
     ],
 )
 def test_bad_tap_options_exit_2_with_a_usage_error_line(tmp_path, args, error) -> None:
-    done = mktap(tmp_path, *args)
+    done = mktap_in(tmp_path, *args)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith(error)
     assert not list(tmp_path.iterdir())
 
 
 def test_unknown_tap_exits_non_zero_naming_it(tmp_path) -> None:
-    done = mktap(tmp_path, "nosuchtap")
+    done = mktap_in(tmp_path, "nosuchtap")
     assert done.returncode == 1
     assert done.stderr.strip() == (
         "mktap: no tap module named 'nosuchtap' (mktap --list shows the known ones)"
@@ -81,17 +93,17 @@ def test_unknown_tap_exits_non_zero_naming_it(tmp_path) -> None:
 
 
 def test_a_module_that_is_not_a_tap(tmp_path) -> None:
-    done = mktap(tmp_path, "json")
+    done = mktap_in(tmp_path, "json")
     assert done.returncode == 1 and "json is not a tap module" in done.stderr
 
 
 def test_append_to_a_bad_file_or_a_taken_port(tmp_path) -> None:
     (tmp_path / "junk.tap").write_bytes(b"junk")
-    done = mktap(tmp_path, "--append", "junk.tap", "echo")
+    done = mktap_in(tmp_path, "--append", "junk.tap", "echo")
     assert done.returncode == 1 and "not a forkd tap file" in done.stderr
     assert (tmp_path / "junk.tap").read_bytes() == b"junk"
-    mktap(tmp_path, "echo", "--port", "9001")
-    done = mktap(tmp_path, "--append", "echo.tap", "echo", "--port", "9001")
+    mktap_in(tmp_path, "echo", "--port", "9001")
+    done = mktap_in(tmp_path, "--append", "echo.tap", "echo", "--port", "9001")
     assert done.returncode == 1 and "tcp:9001 is already a port" in done.stderr
 
 
@@ -118,19 +130,7 @@ def test_seed_style_tap_module_from_a_dotted_path(tmp_path) -> None:
         "    f.who = config.who.upper() if config.loud else config.who\n"
         "    return [(int(config.port), f)]\n"
     )
-    env_cmd = [
-        sys.executable,
-        "-c",
-        "import sys; sys.path.insert(0, '.'); from forkd.cli.mktap import main; "
-        "sys.exit(main(sys.argv[1:]))",
-        "seedtap",
-        "--port",
-        "9011",
-        "--shout",
-        "-w",
-        "twisted",
-    ]
-    done = subprocess.run(env_cmd, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    done = mktap_in(tmp_path, "seedtap", "--port", "9011", "--shout", "-w", "twisted")
     assert done.returncode == 0, done.stderr
     sys.path.insert(0, str(tmp_path))
     try:
@@ -139,3 +139,77 @@ def test_seed_style_tap_module_from_a_dotted_path(tmp_path) -> None:
         sys.path.remove(str(tmp_path))
     (port,) = app.ports
     assert port.port == 9011 and port.factory.who == "TWISTED"
+
+
+# -- user errors ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            "raise RuntimeError('at import')\n",
+            "mktap: tap module 'brokentap' does not import: RuntimeError: at import",
+        ),
+        (
+            "class Options(usage.Options):\n"
+            "    def __init__(self): raise ValueError('no options')\n"
+            "def getPorts(app, config): return []\n",
+            "mktap: tap module 'brokentap': its Options cannot be created: ValueError: no options",
+        ),
+        (
+            "class Options(usage.Options): pass\ndef getPorts(app, config): return [(1, 2, 3)]\n",
+            "mktap: brokentap.getPorts item 0 is not a (port, factory) pair: 3 items",
+        ),
+        (
+            "class Options(usage.Options): pass\n"
+            "def getPorts(app, config): return [(8080, None)]\n",
+            "mktap: brokentap.getPorts item 0: None is not a factory",
+        ),
+        (
+            "class Options(usage.Options): pass\n"
+            "def getPorts(app, config): return [(99999, Factory())]\n",
+            "mktap: bad TCP port 99999: a port is a number from 0 to 65535",
+        ),
+        (
+            "class Options(usage.Options): pass\n"
+            "class F(Factory):\n"
+            "    def __init__(self): self.on_error = lambda: None\n"
+            "def getPorts(app, config): return [(8080, F())]\n",
+            "mktap: cannot pickle application.ports[0].factory.on_error: ",
+        ),
+    ],
+)
+def test_a_broken_tap_module_is_one_line_and_writes_nothing(
+    tmp_path: Any, body: str, message: str
+) -> None:
+    (tmp_path / "brokentap.py").write_text(TAP_HEAD + body)
+    done = mktap_in(tmp_path, "brokentap")
+    assert done.returncode == 1
+    assert one_line(done).startswith(message)
+    assert not (tmp_path / "brokentap.tap").exists()
+
+
+def test_append_refuses_a_read_only_tap_and_leaves_it_alone(tmp_path: Any) -> None:
+    assert mktap_in(tmp_path, "echo", "--port", "9001").returncode == 0
+    tap = tmp_path / "echo.tap"
+    before = tap.read_bytes()
+    tap.chmod(0o444)
+    done = mktap_in(tmp_path, "--append", "echo.tap", "echo", "--port", "9002")
+    assert done.returncode == 1
+    assert "the tap file is read-only (mode 444)" in one_line(done)
+    assert tap.read_bytes() == before
+
+
+def test_output_never_overwrites_a_file_that_is_not_a_tap(tmp_path: Any) -> None:
+    (tmp_path / "notes.txt").write_text("precious")
+    done = mktap_in(tmp_path, "-o", "notes.txt", "echo")
+    assert done.returncode == 1
+    assert "notes.txt exists and is not a tap file; not overwriting it" in one_line(done)
+    assert (tmp_path / "notes.txt").read_text() == "precious"
+    (tmp_path / "empty.tap").write_bytes(b"")
+    assert mktap_in(tmp_path, "-o", "empty.tap", "echo").returncode == 0
+
+
+def test_output_into_a_missing_directory_is_one_line(tmp_path: Any) -> None:
+    done = mktap_in(tmp_path, "-o", "missing/x.tap", "echo")
+    assert done.returncode == 1
+    assert one_line(done) == "mktap: cannot write missing/x.tap: No such file or directory"
