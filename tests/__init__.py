@@ -10,6 +10,10 @@
 Each directory is a package, so two test modules may share a name (web/test_server.py,
 control/test_server.py). The shared helpers sit here: fakemaster, loops, webserving, the
 test tap modules probetap and udptap, and fixtures/.
+
+Tests that start real forkd, forkctl or mktap processes (or a server subprocess) carry the
+`e2e` marker, module-wide in the test_e2e_* modules and e2e/, per test elsewhere:
+`pytest -m "not e2e"` runs the rest in seconds.
 """
 
 import pathlib

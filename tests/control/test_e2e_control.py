@@ -76,7 +76,7 @@ def getPorts(app, config):
     return [(TCPPort(config["port"], factory, interface="127.0.0.1"), factory)]
 '''
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 
 def ask(port: int, timeout: float = 5.0) -> tuple[str, int]:

@@ -14,7 +14,7 @@ from forkd.control.client import request
 from forkd.testing import RunningForkd, forkctl, free_port, mktap
 from tests import TAP_MODULES_DIR
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
 
 def shell(ctl: str, source: str) -> str:

@@ -130,6 +130,7 @@ def test_scale_save_reopen_restart_stop(running: tuple[FakeMaster, str], capsys:
         assert name in master.names()
 
 
+@pytest.mark.e2e
 def test_forkctl_as_a_process(running: tuple[FakeMaster, str], tmp_path: Any) -> None:
     """The real executable path: exit codes and stderr from a separate process, with the
     socket found as the only *.ctl in the working directory."""

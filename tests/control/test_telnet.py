@@ -360,6 +360,7 @@ def rss(pid: int) -> int:
     return int(psutil.Process(pid).memory_info().rss)
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(60)
 def test_a_client_that_never_reads_a_huge_output_costs_bounded_memory(site: dict[str, Any]) -> None:
     forkd = site["forkd"]
@@ -377,6 +378,7 @@ def test_a_client_that_never_reads_a_huge_output_costs_bounded_memory(site: dict
         assert b"42" in read_until(again, b"42")
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(60)
 def test_idle_connections_never_lock_the_administrator_out(site: dict[str, Any]) -> None:
     socks = []
@@ -405,6 +407,7 @@ def _can_login(port: int) -> bool:
         return False
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(60)
 def test_a_megabyte_without_newline_at_the_login_prompt(site: dict[str, Any]) -> None:
     with socket.create_connection(("127.0.0.1", site["telnet"]), timeout=5) as sock:
@@ -419,6 +422,7 @@ def test_a_megabyte_without_newline_at_the_login_prompt(site: dict[str, Any]) ->
     assert _can_login(site["telnet"])
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(60)
 def test_junk_and_iac_floods_and_mid_statement_disconnects(site: dict[str, Any]) -> None:
     junk = bytes(range(256)) * 64 + bytes([255, 250]) + b"\x00" * 10000 + bytes([255]) * 5001
@@ -434,6 +438,7 @@ def test_junk_and_iac_floods_and_mid_statement_disconnects(site: dict[str, Any])
         assert b"42" in read_until(sock, b"42")
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(60)
 def test_the_telnet_port_across_reload(site: dict[str, Any]) -> None:
     with login(site["telnet"]) as old:
@@ -450,6 +455,7 @@ def test_the_telnet_port_across_reload(site: dict[str, Any]) -> None:
     assert status_time(site["ctl"]) < 1.0
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(60)
 def test_no_statement_runs_after_the_connection_was_closed_for_not_reading(
     site: dict[str, Any], tmp_path: pathlib.Path

@@ -13,7 +13,7 @@ from forkd.app import Application
 from forkd.testing import RunningForkd, forkctl
 from tests import TAP_MODULES_DIR
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 
 def free_udp_port() -> int:

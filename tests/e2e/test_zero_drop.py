@@ -21,7 +21,7 @@ from forkd.testing import RunningForkd, forkctl, free_port, wait_for
 from forkd.web import server
 from forkd.web.hello import Hello
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 
 class KeepAliveLoad:

@@ -15,6 +15,8 @@ import pytest
 from forkd import tapfile
 from forkd.testing import mktap
 
+pytestmark = pytest.mark.e2e  # every test runs mktap in a subprocess
+
 TAP_HEAD = "from forkd import usage\nfrom forkd.protocol import Factory\n"
 
 

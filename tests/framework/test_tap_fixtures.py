@@ -59,6 +59,7 @@ def test_an_old_tap_loads_with_the_class_paths_it_names(
     assert found == classes
 
 
+@pytest.mark.e2e
 def test_an_old_echo_tap_serves(tmp_path: pathlib.Path) -> None:
     _, port = load_on_free_port("echo-0.1.tap", tmp_path)
     with (
@@ -74,6 +75,7 @@ def test_an_old_echo_tap_serves(tmp_path: pathlib.Path) -> None:
         assert received == b"still here\r\n"
 
 
+@pytest.mark.e2e
 def test_an_old_web_tap_serves(tmp_path: pathlib.Path) -> None:
     application, port = load_on_free_port("web-0.1.tap", tmp_path)
     root = tmp_path / "www"
@@ -102,6 +104,7 @@ def read_until(conn: socket.socket, marker: bytes) -> None:
     wait_for(arrived, timeout=10, message=repr(marker))
 
 
+@pytest.mark.e2e
 def test_an_old_telnet_tap_serves_its_login(tmp_path: pathlib.Path) -> None:
     _, port = load_on_free_port("telnet-0.1.tap", tmp_path)
     with (

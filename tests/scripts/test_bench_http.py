@@ -96,6 +96,7 @@ def test_cpu_delta_counts_new_processes_and_ignores_gone_ones() -> None:
     assert (user, system) == (pytest.approx(0.75), pytest.approx(0.375))
 
 
+@pytest.mark.e2e
 def test_tree_cpu_seconds_includes_children(tmp_path: Path) -> None:
     script = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
     burn = [sys.executable, "-c", script + "import time; time.sleep(30)"]
@@ -115,6 +116,7 @@ def test_tree_cpu_seconds_includes_children(tmp_path: Path) -> None:
         assert sum(u + s for u, s in seconds.values()) >= 0.25
 
 
+@pytest.mark.e2e
 def test_server_stop_kills_the_whole_group(tmp_path: Path) -> None:
     # The child ignores TERM, as a stuck worker would: the group must still die.
     child = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
@@ -128,6 +130,7 @@ def test_server_stop_kills_the_whole_group(tmp_path: Path) -> None:
     assert not gone[1], "processes left alive"
 
 
+@pytest.mark.e2e
 def test_a_server_that_exits_fails_fast_with_its_output(tmp_path: Path) -> None:
     argv = [sys.executable, "-c", "import sys; print('boom: no such app'); sys.exit(3)"]
     started = time.monotonic()
@@ -137,6 +140,7 @@ def test_a_server_that_exits_fails_fast_with_its_output(tmp_path: Path) -> None:
     assert "code 3" in str(e.value) and "boom: no such app" in str(e.value)
 
 
+@pytest.mark.e2e
 def test_a_server_that_never_answers_times_out(tmp_path: Path) -> None:
     argv = [sys.executable, "-c", "import time; time.sleep(30)"]
     with processes.Server(argv, tmp_path) as server, pytest.raises(processes.ServerFailed):
@@ -227,6 +231,7 @@ def test_uvloop_peer_splits_request_heads(buffer: bytes, expected: tuple[int, by
     assert uvloop_hello.split_heads(buffer) == expected
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("workers", [1, 2])
 def test_uvloop_peer_serves_and_stops(tmp_path: Path, workers: int) -> None:
     pytest.importorskip("uvloop")
@@ -360,6 +365,7 @@ def test_bad_worker_list_is_a_usage_error() -> None:
     assert e.value.code == 2
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not installed")
 def test_short_end_to_end_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "r.json"

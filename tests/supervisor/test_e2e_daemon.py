@@ -27,7 +27,7 @@ from forkd.testing import (
 )
 from tests import TAP_MODULES_DIR
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
 
 def echo_tap(directory: pathlib.Path) -> tuple[str, int]:

@@ -25,7 +25,7 @@ from forkd.control.client import ControlError, request
 from forkd.testing import RunningForkd, free_port, wait_for
 from tests import TAP_MODULES_DIR
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
 
 def children(pid: int) -> list[psutil.Process]:

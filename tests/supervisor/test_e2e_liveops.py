@@ -15,7 +15,7 @@ from forkd.ports import TCPPort
 from forkd.testing import RunningForkd, forkctl, free_port, wait_for
 from tests import TAP_MODULES_DIR
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
 
 def test_add_remove_restart_reload_scale(tmp_path: pathlib.Path) -> None:

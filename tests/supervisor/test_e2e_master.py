@@ -20,7 +20,7 @@ from forkd.control.client import request
 from forkd.testing import RunningForkd, free_port, make_tap, wait_for
 from tests import TAP_MODULES_DIR
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
 
 def run_forkd(*args: str) -> subprocess.CompletedProcess[str]:

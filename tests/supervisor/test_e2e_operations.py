@@ -19,7 +19,7 @@ from forkd.testing import RunningForkd, free_port, wait_for
 from forkd.web import server, static
 from workers.echo import EchoFactory
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 NOBODY = 65534
 
