@@ -158,7 +158,9 @@ class Clock:
 
 
 # -- running a real forkd in tests ----------------------------------------------------------
-# (added with the master: helpers that start `forkd start -n` in a subprocess)
+# free_port and wait_for/wait_for_async for tests on real sockets; forkd, forkctl and mktap
+# run in subprocesses (run_forkd, forkctl, mktap, make_tap); RunningForkd, `forkd start -n`
+# for the length of a `with` block.
 
 import asyncio as _asyncio  # noqa: E402
 import contextlib as _contextlib  # noqa: E402
