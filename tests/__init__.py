@@ -12,8 +12,8 @@ control/test_server.py). The shared helpers sit here: fakemaster, loops, webserv
 test tap modules probetap and udptap, and fixtures/.
 
 Tests that start real forkd, forkctl or mktap processes (or a server subprocess) carry the
-`e2e` marker, module-wide in the test_e2e_* modules and e2e/, per test elsewhere:
-`pytest -m "not e2e"` runs the rest in seconds.
+`e2e` marker, module-wide where every test does (test_e2e_*, e2e/, framework/test_mktap.py)
+and per test elsewhere: `pytest -m "not e2e"` runs the rest in seconds.
 """
 
 import pathlib
