@@ -158,8 +158,11 @@ class Clock:
 
 
 # -- running a real forkd in tests ----------------------------------------------------------
-# (added with the master: helpers that start `forkd start -n` in a subprocess)
+# free_port and wait_for/wait_for_async for tests on real sockets; forkd, forkctl and mktap
+# run in subprocesses (run_forkd, forkctl, mktap, make_tap); RunningForkd, `forkd start -n`
+# for the length of a `with` block.
 
+import asyncio as _asyncio  # noqa: E402
 import contextlib as _contextlib  # noqa: E402
 import os as _os  # noqa: E402
 import pathlib as _pathlib  # noqa: E402
@@ -173,42 +176,178 @@ REPO_ROOT = str(_pathlib.Path(__file__).resolve().parents[1])
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that no other free_port() call, here or in another process,
+    will return for the next minute, and that a server may bind at once.
+
+    Binding port 0 and closing the socket, the obvious way, hands the port back to the
+    kernel at once: the next bind to port 0 anywhere on the machine may get it (another
+    test's free_port(), under pytest-xdist a concurrent one), and the server the caller
+    starts then fails with "address in use". So the port is parked in TIME_WAIT, as Yelp's
+    ephemeral-port-reserve does: listen on it, connect to it once, and close the accepted
+    end first. That end then holds the port for TIME_WAIT's 60 s on Linux, while bind() to
+    port 0 in every process skips it and so does the kernel's choice of a source port for
+    connect(); yet a server setting SO_REUSEADDR, as forkd's TCPPort does, binds it
+    straight away, since a connection in TIME_WAIT does not block such a bind.
+
+    What is left of the race is a process that binds this very port by number, and a bind
+    without SO_REUSEADDR fails on it for that minute (a test that wants to prove nothing
+    listens on the port must set SO_REUSEADDR too: a listener still refuses it then).
+    """
+    with _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM) as listener:
+        listener.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        address = listener.getsockname()
+        with _socket.create_connection(address, timeout=5):
+            accepted, _ = listener.accept()
+            accepted.close()  # the side that closes first is the one left in TIME_WAIT
+        return int(address[1])
 
 
 def wait_for(
     condition: Callable[[], Any],
     timeout: float = 10.0,
     interval: float = 0.02,
-    message: str = "condition",
+    message: str | Callable[[], str] = "condition",
 ) -> Any:
-    """Poll `condition` until it returns something truthy; AssertionError after `timeout`."""
+    """Poll `condition` until it returns something truthy, and return that; AssertionError
+    after `timeout` seconds. `message` names what was awaited in the error; a callable is
+    called only then, so it can show state at the deadline (a log's tail, say)."""
     deadline = _time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if _time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+            raise AssertionError(f"timed out after {timeout}s waiting for {_said(message)}")
         _time.sleep(interval)
 
 
+async def wait_for_async(
+    condition: Callable[[], Any],
+    timeout: float = 10.0,
+    interval: float = 0.005,
+    message: str | Callable[[], str] = "condition",
+) -> Any:
+    """wait_for for a coroutine on a running event loop: between polls it yields to the
+    loop (asyncio.sleep), so the connections under test make progress meanwhile."""
+    deadline = _time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if _time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {_said(message)}")
+        await _asyncio.sleep(interval)
+
+
+def _said(message: str | Callable[[], str]) -> str:
+    return message if isinstance(message, str) else message()
+
+
 def forkd_env(extra_paths: Iterable[str] = ()) -> dict[str, str]:
-    """The environment a forkd subprocess needs to import the source tree (and test taps)."""
+    """The environment a forkd, forkctl or mktap subprocess needs: the source tree (and
+    `extra_paths`, where test tap modules live) first on PYTHONPATH, and none of the
+    caller's NOTIFY_SOCKET or FORKD_CONTROL, which would send it to a systemd or a master
+    that the test does not own."""
     env = dict(_os.environ)
     paths = [REPO_ROOT, *extra_paths]
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = _os.pathsep.join(paths)
     env.pop("NOTIFY_SOCKET", None)
+    env.pop("FORKD_CONTROL", None)
     return env
 
 
 def forkd_command(*args: str) -> list[str]:
+    """The argv of `forkd ARGS`, run by this interpreter."""
     return [_sys.executable, "-m", "forkd.cli.forkd", *args]
+
+
+def forkctl_command(*args: str) -> list[str]:
+    """The argv of `forkctl ARGS`, run by this interpreter."""
+    return [_sys.executable, "-m", "forkd.cli.forkctl", *args]
+
+
+def mktap_command(*args: str) -> list[str]:
+    """The argv of `mktap ARGS`, run by this interpreter."""
+    return [_sys.executable, "-m", "forkd.cli.mktap", *args]
+
+
+def run_forkd(
+    *args: str,
+    extra_paths: Iterable[str] = (),
+    cwd: str | _os.PathLike[str] | None = None,
+    timeout: float = 60.0,
+) -> _subprocess.CompletedProcess[str]:
+    """Run `forkd ARGS` to the end (`start` without -n returns once the daemon serves) and
+    return its exit code, stdout and stderr (as text); AssertionError on a timeout.
+    `RunningForkd` is the master in the foreground, for the length of a `with` block."""
+    return _finished(forkd_command(*args), extra_paths, cwd, timeout, None)
+
+
+def forkctl(
+    ctl: str | None,
+    *args: str,
+    extra_paths: Iterable[str] = (),
+    cwd: str | _os.PathLike[str] | None = None,
+    timeout: float = 60.0,
+    forkd: RunningForkd | None = None,
+) -> _subprocess.CompletedProcess[str]:
+    """Run `forkctl -c CTL ARGS` to the end and return its exit code, stdout and stderr
+    (as text). With `ctl` None there is no -c: forkctl finds the socket itself, in `cwd`.
+
+    A forkctl still running after `timeout` seconds is killed and fails the test with an
+    AssertionError naming the command (and showing the tail of `forkd`'s log if given)."""
+    command = forkctl_command(*(["-c", ctl] if ctl is not None else []), *args)
+    return _finished(command, extra_paths, cwd, timeout, forkd)
+
+
+def mktap(
+    *args: str,
+    extra_paths: Iterable[str] = (),
+    cwd: str | _os.PathLike[str] | None = None,
+    timeout: float = 60.0,
+) -> _subprocess.CompletedProcess[str]:
+    """Run `mktap ARGS` to the end and return its exit code, stdout and stderr (as text).
+    `extra_paths` are where the tap modules it is given live; AssertionError on a timeout."""
+    return _finished(mktap_command(*args), extra_paths, cwd, timeout, None)
+
+
+def make_tap(
+    path: str | _os.PathLike[str],
+    module: str,
+    *options: str,
+    extra_paths: Iterable[str] = (),
+) -> str:
+    """Write the tap file `path` with `mktap -o PATH MODULE OPTIONS` and return its path;
+    AssertionError with mktap's stderr if it fails."""
+    done = mktap("-o", str(path), module, *options, extra_paths=extra_paths)
+    assert done.returncode == 0, f"mktap {module} {' '.join(options)}: {done.stderr}"
+    return str(path)
+
+
+def _finished(
+    command: list[str],
+    extra_paths: Iterable[str],
+    cwd: str | _os.PathLike[str] | None,
+    timeout: float,
+    forkd: RunningForkd | None,
+) -> _subprocess.CompletedProcess[str]:
+    try:
+        return _subprocess.run(
+            command,
+            env=forkd_env(extra_paths),
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except _subprocess.TimeoutExpired:
+        log = f"\n{forkd.log()[-6000:]}" if forkd is not None else ""
+        shown = " ".join(command[2:])
+        raise AssertionError(f"{shown}: not finished in {timeout}s{log}") from None
 
 
 class RunningForkd:
@@ -310,7 +449,9 @@ class RunningForkd:
             pids = self.worker_pids()
             return pids if len(pids) == count and not pids & excluded else None
 
-        return set(wait_for(settled, timeout, message=f"{count} workers: {self.log()[-2000:]}"))
+        return set(
+            wait_for(settled, timeout, message=lambda: f"{count} workers: {self.log()[-2000:]}")
+        )
 
     def stop(self, signum: int = _signal.SIGTERM) -> int:
         if self.process is None:

@@ -23,6 +23,7 @@ from forkd.control.commands import scale as scale_spec
 from forkd.control.masterports import MasterPorts
 from forkd.ports import port_key
 from forkd.testing import DelayedCall as Timer
+from forkd.testing import wait_for
 
 
 class FakeMaster:
@@ -118,11 +119,15 @@ class FakeMaster:
             self.loop_errors.append(error)
 
     def run_until(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise AssertionError("condition not met before the deadline")
-            self.step(0.01)
+        """Step the loop until `predicate` holds (AssertionError after `timeout`)."""
+
+        def stepped() -> bool:
+            if predicate():
+                return True
+            self.step(0.01)  # waits up to 10 ms for the fds: no sleep needed between polls
+            return False
+
+        wait_for(stepped, timeout, interval=0, message="the fake master's loop to get there")
 
     @contextlib.contextmanager
     def running(self) -> Iterator[FakeMaster]:

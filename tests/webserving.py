@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -208,15 +207,3 @@ def get(port: int, path: bytes = b"/", headers: bytes = b"", method: bytes = b"G
         headers,
     )
     return request(port, data, head=method == b"HEAD")
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = TIMEOUT, what: str = "") -> Any:
-    """Poll `condition` until it is truthy or the deadline passes (then fail)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or condition}")
-        time.sleep(0.005)

@@ -1,0 +1,1 @@
+"""Tests of forkd.control: the control server and commands, forkctl, the shell, telnet."""

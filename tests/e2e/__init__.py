@@ -1,0 +1,1 @@
+"""End-to-end tests of behaviour that spans several packages (real forkd processes)."""

@@ -1,0 +1,1 @@
+"""Tests of forkd.supervisor: the master, its workers, the daemon, the forkd command."""

@@ -1,0 +1,1 @@
+"""Tests of forkd.web, and of the web and hello tap modules."""
