@@ -16,6 +16,7 @@ import contextlib
 import errno
 import itertools
 import socket
+import time
 from typing import Any
 
 from forkd.control.wire import MAX_MESSAGE, VERSION
@@ -43,7 +44,7 @@ class Connection:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         try:
-            self.sock.connect(path)
+            self._connect(path, timeout)
         except FileNotFoundError:
             self.sock.close()
             raise ControlError(f"no control socket at {path} (is forkd running?)") from None
@@ -53,6 +54,9 @@ class Connection:
         except ConnectionRefusedError:
             self.sock.close()
             raise ControlError(f"nothing is listening on {path} (is forkd running?)") from None
+        except TimeoutError:
+            self.sock.close()
+            raise ControlError(f"{path}: forkd is not accepting connections (busy?)") from None
         except OSError as error:
             self.sock.close()
             if error.errno == errno.ENAMETOOLONG or "too long" in str(error):
@@ -60,6 +64,21 @@ class Connection:
                     f"control socket path too long: {path}; use a shorter --control path"
                 ) from None
             raise ControlError(f"cannot connect to {path}: {error.strerror or error}") from None
+
+    def _connect(self, path: str, timeout: float | None) -> None:
+        """Connect, waiting while the master's listen backlog is full: a UNIX socket with a
+        timeout says EAGAIN at once then, where a TCP one would wait for the handshake."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            try:
+                self.sock.connect(path)
+                return
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() + delay > deadline:
+                    raise TimeoutError("the control socket's backlog stayed full") from None
+                time.sleep(delay)  # a retry back-off, not a synchronisation
+                delay = min(delay * 2, 0.1)
 
     def __enter__(self) -> Connection:
         return self

@@ -116,10 +116,8 @@ def exec_image(
         os.set_inheritable(fd, True)
     log.info("reload: re-executing the master (pid %d)", os.getpid())
     for handler in logs.get("").handlers:
-        try:  # what the log could not take is lost with the exec either way
+        with contextlib.suppress(OSError):  # what a full log cannot take is lost either way
             handler.flush()
-        except OSError:
-            pass
     env = dict(os.environ, **{ENV: path})
     # execve resets caught signals to their default action, which for HUP, USR1, TERM... is
     # to die: a signal landing before the new image installs its handlers would kill the

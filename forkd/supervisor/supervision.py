@@ -2,7 +2,7 @@
 heartbeat deadlines, kill escalation and suspend detection.
 
 Nothing here forks, signals or reads a clock: every function takes `now`, so the master's
-decisions are unit-tested with plain numbers (tests/test_master_supervision.py).
+decisions are unit-tested with plain numbers (tests/supervisor/test_master_supervision.py).
 """
 
 from __future__ import annotations

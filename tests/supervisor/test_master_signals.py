@@ -7,10 +7,10 @@ import signal
 from typing import Any
 
 import pytest
-from supervising import make_master, start
 
 from forkd.supervisor.master import HANDLED_SIGNALS, MasterState
 from forkd.testing import wait_for
+from tests.supervising import make_master, start
 
 
 @pytest.fixture

@@ -7,12 +7,13 @@ own them), and `resume` builds the new master from it."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from supervising import make_master, start
 
 from forkd import tapfile
 from forkd.ports import TCPPort
@@ -23,6 +24,23 @@ from forkd.supervisor.logs import LogSetup
 from forkd.supervisor.rollout import RolloutKind
 from forkd.supervisor.supervision import MasterState, WorkerState
 from forkd.testing import free_port
+from tests.supervising import make_master, start
+
+
+@pytest.fixture
+def log_setup() -> Iterator[LogSetup]:
+    """The new image's logging, taken back afterwards: LogSetup configures the process's
+    "forkd" logger (no propagation), which would hide later tests' records from caplog."""
+    logger = logging.getLogger("forkd")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    try:
+        yield LogSetup(None)
+    finally:
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        for handler in saved[0]:
+            logger.addHandler(handler)
+        logger.propagate, logger.level = saved[1], saved[2]
 
 
 def through_exec(state: dict[str, Any]) -> dict[str, Any]:
@@ -35,7 +53,7 @@ def through_exec(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_workers_ports_and_generation_survive_the_round_trip(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, log_setup: LogSetup
 ) -> None:
     master = make_master(monkeypatch, workers=2, save_on_stop=False)
     application = master.application
@@ -57,7 +75,7 @@ def test_workers_ports_and_generation_survive_the_round_trip(
     master.clock.now = 10.0
     state, fds = master.snapshot()
     assert set(fds) >= {port.fileno(), *(w.channel.fileno() for w in old)}
-    new = resume.resume(through_exec(state), LogSetup(None))
+    new = resume.resume(through_exec(state), log_setup)
     try:
         assert new.state is MasterState.RUNNING and new.target == 2
         assert new.rollouts.current is not None
@@ -89,7 +107,7 @@ def test_workers_ports_and_generation_survive_the_round_trip(
 
 
 def test_a_tap_that_no_longer_loads_keeps_the_old_application(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, log_setup: LogSetup
 ) -> None:
     master = make_master(monkeypatch, workers=0, save_on_stop=False)
     master.application.tapfile = master.tapfile = str(tmp_path / "app.tap")
@@ -101,7 +119,7 @@ def test_a_tap_that_no_longer_loads_keeps_the_old_application(
 
     monkeypatch.setattr(type(master), "log_result", staticmethod(answer))
     state, _ = master.snapshot()
-    new = resume.resume(through_exec(state), LogSetup(None))
+    new = resume.resume(through_exec(state), log_setup)
     try:
         assert new.application.name == "fake" and new.rollouts.current is None
         [(what, error)] = finished

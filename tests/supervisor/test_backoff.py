@@ -6,9 +6,9 @@ import signal
 from typing import Any
 
 import pytest
-from supervising import make_master, ready, start
 
 from forkd.supervisor.supervision import STABLE_AFTER
+from tests.supervising import make_master, ready, start
 
 
 @pytest.fixture

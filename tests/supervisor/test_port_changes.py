@@ -7,11 +7,11 @@ import pickle
 from typing import Any
 
 import pytest
-from supervising import Answers, make_master, start
 
 from forkd.ports import PortError, TCPPort
 from forkd.protocol import Factory
 from forkd.supervisor.channel import Op
+from tests.supervising import Answers, make_master, start
 
 
 @pytest.fixture

@@ -10,8 +10,7 @@ import probetap
 import pytest
 
 from forkd.testing import RunningForkd, free_port, wait_for
-
-TESTS = str(pathlib.Path(__file__).parent)
+from tests import TAP_MODULES_DIR
 
 
 def refused(port: int) -> bool:
@@ -26,7 +25,9 @@ def refused(port: int) -> bool:
 def test_stop_refuses_new_connections_while_the_drain_runs(tmp_path: pathlib.Path) -> None:
     port = free_port()
     tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
-    with RunningForkd(tap, "--graceful-timeout", "30", workers=1, extra_paths=[TESTS]) as forkd:
+    with RunningForkd(
+        tap, "--graceful-timeout", "30", workers=1, extra_paths=[TAP_MODULES_DIR]
+    ) as forkd:
         held = socket.create_connection(("127.0.0.1", port), timeout=5)
         try:
             assert probetap.request(held, "req 1").startswith("ok 1")

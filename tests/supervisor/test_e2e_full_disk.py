@@ -20,8 +20,7 @@ import pytest
 
 from forkd.supervisor import reexec
 from forkd.testing import RunningForkd, free_port
-
-TESTS = str(pathlib.Path(__file__).parent)
+from tests import TAP_MODULES_DIR
 
 
 @pytest.fixture
@@ -63,7 +62,7 @@ def test_a_reload_with_a_full_log_disk_keeps_serving(
     port = free_port()
     tap = probetap.make_tap(str(tmp_path / "probe.tap"), port)
     log = small_disk / "forkd.log"
-    with RunningForkd(tap, "-l", str(log), workers=2, extra_paths=[TESTS]) as forkd:
+    with RunningForkd(tap, "-l", str(log), workers=2, extra_paths=[TAP_MODULES_DIR]) as forkd:
         old = forkd.wait_workers(2)
         fill(small_disk)
         for _ in range(2):

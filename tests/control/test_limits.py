@@ -7,10 +7,9 @@ import pathlib
 import socket
 from typing import Any
 
-from fakemaster import FakeMaster
-
 from forkd.app import Application
 from forkd.control.server import ControlServer
+from tests.fakemaster import FakeMaster
 
 
 class OutOfFiles:

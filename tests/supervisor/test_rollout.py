@@ -6,12 +6,12 @@ import signal
 from typing import Any
 
 import pytest
-from supervising import Answers, make_master, ready, start
 
 from forkd.supervisor.master import MasterState
 from forkd.supervisor.rollout import RolloutKind
 from forkd.supervisor.supervision import WorkerState
 from forkd.supervisor.worker import EXIT_BOOT_FAILED
+from tests.supervising import Answers, make_master, ready, start
 
 
 @pytest.fixture
