@@ -18,8 +18,7 @@ from forkd.control.commands import COMMANDS, server_handlers
 from forkd.control.commands import status as status_command
 from forkd.control.server import ControlServer
 from forkd.ports import port_key
-from forkd.testing import wait_for
-from tests.fakemaster import FakeMaster
+from forkd.testing import FakeMaster, wait_for
 from workers.echo import EchoFactory
 
 

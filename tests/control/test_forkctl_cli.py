@@ -13,7 +13,7 @@ from forkd import tapfile, testing
 from forkd.app import Application
 from forkd.cli import forkctl
 from forkd.control.server import ControlServer
-from tests.fakemaster import FakeMaster
+from forkd.testing import FakeMaster
 from workers.echo import EchoFactory
 
 

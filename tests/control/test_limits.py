@@ -9,7 +9,7 @@ from typing import Any
 
 from forkd.app import Application
 from forkd.control.server import ControlServer
-from tests.fakemaster import FakeMaster
+from forkd.testing import FakeMaster
 
 
 class OutOfFiles:

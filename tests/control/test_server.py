@@ -25,8 +25,7 @@ from forkd.control.server import (
     ControlSocketError,
     encode,
 )
-from forkd.testing import wait_for
-from tests.fakemaster import FakeMaster
+from forkd.testing import FakeMaster, wait_for
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from forkd.app import Application
 from forkd.cli import shell_client
 from forkd.control.server import ControlServer
 from forkd.control.shell import Shell, changed, fingerprint
-from tests.fakemaster import FakeMaster
+from forkd.testing import FakeMaster
 from workers.echo import EchoFactory
 
 

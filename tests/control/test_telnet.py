@@ -25,9 +25,8 @@ from forkd.control.client import request
 from forkd.control.masterports import MasterPorts
 from forkd.control.server import ControlServer
 from forkd.ports import TCPPort
-from forkd.testing import RunningForkd, StringTransport, free_port, wait_for
+from forkd.testing import FakeMaster, RunningForkd, StringTransport, free_port, wait_for
 from forkd.usage import UsageError
-from tests.fakemaster import FakeMaster
 from workers import telnet
 from workers.echo import EchoFactory
 from workers.telnet import ShellFactory, hash_password
