@@ -2,13 +2,13 @@
 
 A UNIX stream socket (`<base>.ctl` beside the tap, or `--control PATH`), created mode 0600,
 served inside the master's single-threaded selectors loop: no thread, no asyncio. The server
-only ever registers file objects with `master.add_reader(fileobj, callback)` (and
-`master.add_writer` when the master has it), and timers with `master.call_later`.
+only ever registers file objects with `master.add_reader(fileobj, callback)` and
+`master.add_writer`, and timers with `master.call_later` (`forkd.control.api.EventLoop`).
 
-The wire format is in `forkd.control.wire`, one client's buffers and deadlines in
-`forkd.control.connection`, the answer to one request in `forkd.control.reply`; this module
-is the listening socket, admission, the sweep of stalled clients and request dispatch. The
-names of those modules stay importable from here.
+The wire format is in `forkd.control.wire` (frames: `forkd.framing`), one client's buffers
+and deadlines in `forkd.control.connection`, the answer to one request in
+`forkd.control.reply`; this module is the listening socket, admission, the sweep of stalled
+clients and request dispatch.
 
 Why it is built this way:
 
@@ -41,29 +41,12 @@ from typing import Any
 from forkd.control.accepting import AcceptPause
 from forkd.control.api import MasterAPI
 from forkd.control.commands import server_handlers
-from forkd.control.connection import MAX_OUTPUT_BUFFER, ClientConnection
+from forkd.control.connection import ClientConnection
 from forkd.control.reply import CommandError, Handler, Reply
-from forkd.control.wire import HEADER, MAX_MESSAGE, VERSION, encode, error_response, one_line
+from forkd.control.wire import VERSION, encode, error_response
 from forkd.ports import remove_stale_unix_socket
 
-__all__ = [
-    "HEADER",
-    "MAX_CLIENTS",
-    "MAX_MESSAGE",
-    "MAX_OUTPUT_BUFFER",
-    "VERSION",
-    "ClientConnection",
-    "CommandError",
-    "ControlServer",
-    "ControlSocketError",
-    "Handler",
-    "Reply",
-    "check_path",
-    "encode",
-    "error_response",
-    "one_line",
-    "peer_uid",
-]
+__all__ = ["MAX_CLIENTS", "ControlServer", "ControlSocketError", "check_path", "peer_uid"]
 
 log = logging.getLogger("forkd.control")
 

@@ -122,7 +122,7 @@ def test_append_answers_only_when_every_worker_serves(master: FakeMaster, tmp_pa
     master.hold = True
     sock = socket.socket(socket.AF_UNIX)
     sock.connect(control.path)
-    from forkd.control.server import encode
+    from forkd.framing import encode
 
     sock.sendall(
         encode(

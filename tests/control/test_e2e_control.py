@@ -26,7 +26,7 @@ from forkd import tapfile
 from forkd.app import Application
 from forkd.cli import shell_client
 from forkd.control.client import Connection, request
-from forkd.control.server import HEADER, encode
+from forkd.framing import HEADER, encode
 from forkd.testing import (
     RunningForkd,
     forkctl,

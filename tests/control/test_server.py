@@ -17,14 +17,10 @@ import pytest
 from forkd import tapfile
 from forkd.app import Application
 from forkd.control.client import Connection, ControlError, request
-from forkd.control.server import (
-    HEADER,
-    MAX_MESSAGE,
-    CommandError,
-    ControlServer,
-    ControlSocketError,
-    encode,
-)
+from forkd.control.reply import CommandError
+from forkd.control.server import ControlServer, ControlSocketError
+from forkd.control.wire import MAX_MESSAGE
+from forkd.framing import HEADER, encode
 from forkd.testing import FakeMaster, wait_for
 
 
