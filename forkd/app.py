@@ -12,10 +12,13 @@ the port and every worker starts serving it), which is what makes the seed's liv
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Protocol
 
 from forkd import tapfile
 from forkd.ports import DEFAULT_BACKLOG, TCPPort, UNIXPort, port_key
+
+TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # <base>-TAG.tap: no path, no blank
 
 
 class Runtime(Protocol):
@@ -115,8 +118,11 @@ class Application:
 
     def save(self, tag: str | None = None) -> str:
         """Write the application atomically to its tap file, or to `<base>-<tag>.tap`."""
-        if tag is not None and (not tag or "/" in tag or tag.startswith(".")):
-            raise ValueError(f"bad tag {tag!r}: a tag is a plain name such as 'known-good'")
+        if tag is not None and not TAG.fullmatch(tag):
+            raise ValueError(
+                f"bad tag {tag!r}: a tag is a plain name such as 'known-good' "
+                "(letters, digits, '.', '_', '-'; up to 64)"
+            )
         path = self.tapPath(tag)
         tapfile.save(self, path)
         if self.runtime is not None:

@@ -236,8 +236,13 @@ def test_save(ctl: Connection, master: FakeMaster, tmp_path: Any) -> None:
     master.unsaved = True
     assert ctl.call("save")["path"] == master.tapfile
     assert master.unsaved is False
-    with pytest.raises(ControlError, match="bad tag"):
-        ctl.call("save", {"tag": "../evil"})
+    before = (tmp_path / "app.tap").read_bytes() if (tmp_path / "app.tap").exists() else None
+    for bad in ("../evil", "", "x y", ".hidden", "a/b", "x" * 65):
+        with pytest.raises(ControlError, match="bad tag"):
+            ctl.call("save", {"tag": bad})
+    after = (tmp_path / "app.tap").read_bytes() if (tmp_path / "app.tap").exists() else None
+    assert before == after, "an empty tag must not overwrite the tap itself"
+    assert not list(tmp_path.glob("app-x *")), "no file name with a space"
 
 
 def test_scale(ctl: Connection, master: FakeMaster) -> None:

@@ -30,19 +30,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def request_args(namespace: argparse.Namespace) -> dict[str, Any]:
-    return {"tag": namespace.tag} if namespace.tag else {}
+    return {"tag": namespace.tag} if namespace.tag is not None else {}
 
 
 def execute(master: MasterAPI, args: dict[str, Any], reply: Reply) -> None:
     tag = _args.text(args, "tag")
     try:
-        path = master.save(tag or None)
+        path = master.save(tag)
     except TapError as error:  # a shell edit left something unpicklable: named in the message
         raise CommandError(str(error)) from None
     except ValueError as error:
         raise CommandError(str(error)) from None
     except OSError as error:  # name the tap, not mkstemp's temporary file
-        where = os.path.dirname(master.application.tapPath(tag or None))
+        where = os.path.dirname(master.application.tapPath(tag))
         raise CommandError(f"cannot save in {where}: {error.strerror or error}") from None
     reply(None, {"path": path})
 
