@@ -91,15 +91,17 @@ class Application:
         return port
 
     def getPort(self, key: str | int) -> Any:
-        """Find a port by key ('tcp:8080', 'unix:/path'), by number (8080) or by path."""
+        """Find a port by key ('tcp:127.0.0.1:8080', 'unix:/path'), by 'tcp:8080' or 8080
+        whatever interface it is bound to, or by path. An unknown or ambiguous name is a
+        KeyError whose message lists the ports there are."""
         wanted = str(key)
-        for port in self.ports:
-            candidates = {port_key(port), str(getattr(port, "port", "")), getattr(port, "path", "")}
-            if wanted in candidates or (
-                wanted.startswith("unix:") and getattr(port, "path", None) == wanted[5:]
-            ):
-                return port
-        raise KeyError(f"no port {wanted} in {self.name!r}")
+        found = [port for port in self.ports if wanted in _names(port)]
+        if len(found) == 1:
+            return found[0]
+        keys = ", ".join(port_key(port) for port in (found or self.ports)) or "none"
+        if found:
+            raise KeyError(f"{wanted} names several ports of {self.name!r}: {keys}")
+        raise KeyError(f"no port {wanted} in {self.name!r}; its ports: {keys}")
 
     def removePort(self, port: Any) -> Any:
         """Remove a port (the object itself, its key or its number) and stop serving it."""
@@ -130,3 +132,15 @@ class Application:
             if notify is not None:
                 notify(path, tag)
         return path
+
+
+def _names(port: Any) -> set[str]:
+    """Every name a user may give a port by: its key, its number, `tcp:NUMBER`, its path."""
+    names = {port_key(port)}
+    number = getattr(port, "port", None)
+    if isinstance(number, int):
+        names |= {str(number), f"tcp:{number}"}
+    path = getattr(port, "path", None)
+    if isinstance(path, str):
+        names |= {path, f"unix:{path}"}
+    return names

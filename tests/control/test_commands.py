@@ -204,9 +204,20 @@ def test_remove_by_key_and_by_number(ctl: Connection, master: FakeMaster) -> Non
     assert [name for name in master.names() if name == "remove_port"] == ["remove_port"] * 2
 
 
-def test_remove_unknown_port(ctl: Connection) -> None:
-    with pytest.raises(ControlError, match="no port tcp:1"):
+def test_remove_unknown_port(ctl: Connection, master: FakeMaster) -> None:
+    with pytest.raises(ControlError, match="no port tcp:1 ") as refused:
         ctl.call("remove", {"address": "tcp:1"})
+    assert "its ports: " + port_key(master.application.ports[0]) in str(refused.value)
+
+
+def test_remove_tcp_port_bound_to_an_address_as_the_docs_write_it(
+    ctl: Connection, master: FakeMaster
+) -> None:
+    """`forkctl remove tcp:PORT` works for `tcp:127.0.0.1:PORT` (issue 9, item 13)."""
+    ctl.call("append", {"name": "echo", "options": ["-p", "0", "-i", "127.0.0.1"]})
+    added = master.application.ports[-1]
+    assert port_key(added) == f"tcp:127.0.0.1:{added.port}"
+    assert ctl.call("remove", {"address": f"tcp:{added.port}"})["removed"] == port_key(added)
 
 
 def test_restart(ctl: Connection, master: FakeMaster) -> None:
