@@ -105,6 +105,7 @@ class ControlServer:
         path: str,
         fd: int | None = None,
         handlers: dict[str, Handler] | None = None,
+        owner: int | None = None,
     ) -> None:
         self.master = master
         self.path = os.path.abspath(path)
@@ -113,7 +114,10 @@ class ControlServer:
         self.sock: socket.socket | None = None
         self.clients: set[ClientConnection] = set()
         self._sweeper: Any = None
-        self.allowed_uids = {0, os.geteuid()}
+        # `owner`: the uid the master will run as once it drops privileges (forkd start -u):
+        # the socket file is made its own and its peers are let in, as the docs promise
+        self.owner = owner
+        self.allowed_uids = {0, os.geteuid()} | ({owner} if owner is not None else set())
         self.refused = 0
         self.pending_replies: set[Reply] = set()  # accepted requests not answered yet
         self._reload_replies: list[Reply] = []  # adopted across a re-exec
@@ -153,6 +157,8 @@ class ControlServer:
         try:
             sock.bind(self.path)
             os.chmod(self.path, 0o600)
+            if self.owner is not None and self.owner != os.geteuid():
+                os.chown(self.path, self.owner, -1)
             sock.listen(64)
         except OSError as error:
             sock.close()

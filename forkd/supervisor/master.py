@@ -163,10 +163,11 @@ class Master:
         if not served_by_worker(port) and port not in self.master_ports:
             self.master_ports.serve(port)
 
-    def start_control(self, fd: int | None = None) -> None:
-        """Open the control socket (or adopt `fd`, after a re-exec) when one is configured."""
+    def start_control(self, fd: int | None = None, owner: int | None = None) -> None:
+        """Open the control socket (or adopt `fd`, after a re-exec) when one is configured;
+        `owner` is the uid the master is about to become, which may then use it."""
         if self.config.control_path:
-            self.control = ControlServer(self, self.config.control_path, fd=fd)
+            self.control = ControlServer(self, self.config.control_path, fd=fd, owner=owner)
             self.control.listen()
 
     def run(self) -> int:

@@ -125,7 +125,7 @@ def start(options: StartOptions) -> int:
     master = Master(application, config, log_setup, readiness, pidfile)
     try:
         master.bind_ports()
-        master.start_control()
+        master.start_control(owner=uid)
         privileges.drop(uid, gid)
     except (PortError, ControlSocketError, privileges.PrivilegeError, OSError, ValueError) as error:
         pidfile.release()

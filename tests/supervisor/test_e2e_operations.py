@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from forkd.app import Application
+from forkd.control.client import request
 from forkd.ports import TCPPort
 from forkd.testing import RunningForkd, free_port, wait_for
 from forkd.web import server, static
@@ -33,6 +34,22 @@ def shared_dir() -> Iterator[pathlib.Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def status_as(uid: int, ctl: str) -> int:
+    """`forkctl status` as `uid`, in a forked child: a new interpreter as that user could
+    not even read a Python installed under /root. 0 when the master answered."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setgid(uid)
+            os.setuid(uid)
+            code = 0 if request(ctl, "status", timeout=10).get("pid") else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
@@ -56,6 +73,10 @@ def test_start_as_root_binds_then_runs_master_and_workers_as_the_user(
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
             sock.sendall(b"ping")
             assert sock.recv(4) == b"ping"
+        # the user it runs as controls it (issue 9, item 8): the socket is theirs
+        ctl = shared_dir / "echo.ctl"
+        assert ctl.stat().st_uid == NOBODY
+        assert status_as(NOBODY, str(ctl)) == 0
     assert forkd.returncode == 0, forkd.log()
     assert (shared_dir / "echo-shutdown.tap").exists()
 
