@@ -358,10 +358,22 @@ class Master:
     def fail(self, reason: str) -> None:
         """Startup failed: report the reason to `forkd start` and stop everything now."""
         log.error("start failed: %s", reason)
-        self.readiness.failed(reason)
         self.exit_code = 1
         self.stop_reason = reason
         self.stop(graceful=False)
+        # Nothing was announced as serving, so nothing is lost by not waiting: a worker
+        # stuck booting would hold SIGQUIT for the whole kill grace, and with it the
+        # pidfile and the control socket, and a retry right away would say "already
+        # running". Kill them now and let go of both before `forkd start` hears of it.
+        self.pool.signal_all(signal.SIGKILL)
+        for worker in self.pool.all():
+            worker.kill_at = None
+        if self.control is not None:
+            self._cleanup("close the control socket", self.control.close)
+            self.control = None
+        if self.pidfile is not None:
+            self._cleanup("release the pidfile", self.pidfile.release)
+        self.readiness.failed(reason)
 
     # -- the Application's runtime hooks --------------------------------------------------
     def portAdded(self, port: Any) -> None:

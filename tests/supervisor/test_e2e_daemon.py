@@ -195,3 +195,18 @@ def test_a_stop_while_workers_boot_tells_the_waiting_start(tmp_path: pathlib.Pat
     assert starting.stderr is not None
     assert starting.stderr.read() == "forkd: stopped before it was ready (see its log)\n"
     assert not (tmp_path / "hang.pid").exists()
+
+
+def test_a_failed_start_lets_go_of_the_pidfile_before_it_returns(tmp_path: pathlib.Path) -> None:
+    """A start that fails (a worker stuck booting, another killed for silence) used to
+    keep the daemon and its pidfile for the kill grace, so a retry said "already running"
+    (issue 9, item 6)."""
+    import probetap
+
+    tap = probetap.make_tap(str(tmp_path / "hang.tap"), free_port(), hang=True)
+    failed = run_forkd("start", tap, "-w", "2", "--timeout", "1", extra_paths=[TAP_MODULES_DIR])
+    assert failed.returncode == 1 and "silent past --timeout" in failed.stderr, failed.stderr
+    assert not (tmp_path / "hang.pid").exists(), "released before start returned"
+    assert not (tmp_path / "hang.ctl").exists()
+    again = run_forkd("start", tap, "-w", "1", "--timeout", "1", extra_paths=[TAP_MODULES_DIR])
+    assert again.returncode == 1 and "already running" not in again.stderr, again.stderr
