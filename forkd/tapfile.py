@@ -24,6 +24,7 @@ import os
 import pickle
 import stat
 import tempfile
+import time
 from typing import Any, Protocol, runtime_checkable
 
 from forkd import __version__
@@ -129,7 +130,9 @@ def save(application: Any, path: str) -> None:
     mode = 0o644
     with contextlib.suppress(FileNotFoundError):
         mode = stat.S_IMODE(os.stat(path).st_mode) & ~0o022
-    fd, temporary = tempfile.mkstemp(prefix=".", suffix=".tap.tmp", dir=directory)
+    remove_stale_temporaries(path)
+    prefix = f".{os.path.basename(path)}.{os.getpid()}."
+    fd, temporary = tempfile.mkstemp(prefix=prefix, suffix=TEMPORARY_SUFFIX, dir=directory)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -147,6 +150,54 @@ def save(application: Any, path: str) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+TEMPORARY_SUFFIX = ".tap.tmp"
+UNOWNED_STALE_AFTER = 600.0  # seconds: a temporary naming no writer is stale after this
+
+
+def remove_stale_temporaries(path: str) -> list[str]:
+    """Remove what interrupted saves of `path` left beside it; return what was removed.
+
+    A save writes `.<name>.<pid>.<random>.tap.tmp` and renames it over the tap; killed
+    in between, it leaves the file forever (94 MB after 40 kills). One whose writer is no
+    longer running is stale; one that names no writer (an older forkd's) is stale once it
+    is ten minutes old. A save in progress in another process is never touched."""
+    directory = os.path.dirname(os.path.abspath(path))
+    name = os.path.basename(path)
+    removed: list[str] = []
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return removed
+    for entry in entries:
+        if not (entry.startswith(".") and entry.endswith(TEMPORARY_SUFFIX)):
+            continue
+        full = os.path.join(directory, entry)
+        if entry.startswith(f".{name}."):
+            writer = entry[len(name) + 2 :].split(".", 1)[0]
+            stale = writer.isdigit() and not _running(int(writer))
+        else:
+            try:
+                stale = time.time() - os.lstat(full).st_mtime > UNOWNED_STALE_AFTER
+            except OSError:
+                continue
+            stale = stale and entry.count(".") == 3  # `.<random>.tap.tmp`: a forkd save's
+        if stale:
+            with contextlib.suppress(OSError):
+                os.unlink(full)
+                removed.append(full)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's, alive
+        return True
+    return True
 
 
 def check_trusted(path: str, st: os.stat_result) -> None:

@@ -78,6 +78,8 @@ def start(options: StartOptions) -> int:
         application = tapfile.load(tap)
     except tapfile.TapError as error:
         raise StartError(str(error)) from None
+    for stale in tapfile.remove_stale_temporaries(tap):
+        print(f"forkd: removed {stale}, left by an interrupted save", file=sys.stderr)
     try:
         uid = privileges.resolve_user(options.uid if options.uid is not None else application.uid)
         gid = privileges.resolve_group(options.gid if options.gid is not None else application.gid)

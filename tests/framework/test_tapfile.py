@@ -226,3 +226,35 @@ def test_a_hostile_pickle_is_refused_before_it_runs(tmp_path, payload: bytes) ->
         tapfile.load(str(path))
     assert "\n" not in str(info.value)
     assert not marker.exists()
+
+
+def test_a_save_removes_what_interrupted_saves_left_and_nothing_else(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Killed between write and rename, a save leaves its temporary file (issue 9, item 7)."""
+    import subprocess
+    import sys
+    import time
+
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead = int(finished.stdout)
+    path = tmp_path / "app.tap"
+    leftover = tmp_path / f".app.tap.{dead}.abc123.tap.tmp"
+    in_progress = tmp_path / f".app.tap.{os.getpid()}.def456.tap.tmp"
+    older_forkd = tmp_path / ".k3j4h5g6.tap.tmp"
+    fresh_unowned = tmp_path / ".z9y8x7w6.tap.tmp"
+    unrelated = tmp_path / ".other.tap.1.aaa.tap.tmp"
+    for each in (leftover, in_progress, older_forkd, fresh_unowned, unrelated):
+        each.write_bytes(b"x" * 1000)
+    hour_ago = time.time() - 3600
+    os.utime(older_forkd, (hour_ago, hour_ago))
+    tapfile.save(Application("app"), str(path))
+    assert not leftover.exists() and not older_forkd.exists()
+    assert in_progress.exists() and fresh_unowned.exists()
+    assert unrelated.exists(), "another tap's save is not this one's to clean"
+    assert tapfile.load(str(path)).name == "app"
