@@ -40,18 +40,21 @@ class Application:
         self.gid = gid
         self.ports: list[Any] = []
         self.tapfile: str | None = None  # where it was loaded from: save() writes beside it
+        self.disk_stamp: tapfile.Stamp | None = None  # the version of the tap it came from
         self.runtime: Runtime | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["runtime"] = None
         state["tapfile"] = None
+        state.pop("disk_stamp", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.__dict__.setdefault("runtime", None)
         self.__dict__.setdefault("tapfile", None)
+        self.__dict__.setdefault("disk_stamp", None)
 
     def __repr__(self) -> str:
         return f"<Application {self.name!r} ports={self.ports!r}>"
@@ -126,12 +129,33 @@ class Application:
                 "(letters, digits, '.', '_', '-'; up to 64)"
             )
         path = self.tapPath(tag)
+        if tag is None:
+            self.refuse_overwriting_changes(path)
         tapfile.save(self, path)
+        if tag is None:
+            self.disk_stamp = tapfile.stamp(path)
         if self.runtime is not None:
             notify = getattr(self.runtime, "applicationSaved", None)
             if notify is not None:
                 notify(path, tag)
         return path
+
+    def refuse_overwriting_changes(self, path: str) -> None:
+        """Saving over a tap that changed on disk since it was loaded would lose that
+        change without a word (the seed's own order: edit in the shell, `mktap --append`,
+        then save). Refuse, saying how to keep either side."""
+        now = tapfile.stamp(path)
+        if self.disk_stamp is None or now is None or now == self.disk_stamp:
+            return
+        try:
+            tapfile.load(path)  # refused unread if not trusted: never run a stranger's pickle
+        except tapfile.TapError:  # damaged or emptied: nothing there to lose, the save mends it
+            return
+        raise tapfile.TapChanged(
+            f"{path} changed on disk since it was loaded (mktap --append?); saving would "
+            "lose that change: save under a tag (forkctl save TAG), or take the file as "
+            "it is with forkctl reload --discard"
+        )
 
 
 def _names(port: Any) -> set[str]:

@@ -38,6 +38,23 @@ class TapError(Exception):
     """A tap file cannot be used; the message is one line naming the file and the reason."""
 
 
+class TapChanged(TapError):
+    """The tap on disk is not the one the application was loaded from: saving over it
+    would throw away what changed there (a `mktap --append` made meanwhile)."""
+
+
+Stamp = tuple[int, int, int]  # (inode, size, mtime_ns): which version of a file this is
+
+
+def stamp(path: str) -> Stamp | None:
+    """The version of the file at `path` now, or None when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def header() -> bytes:
     return b"%s %d forkd=%s\n" % (MAGIC, FORMAT, __version__.encode())
 
@@ -343,4 +360,5 @@ def load(path: str, trust_check: bool = True) -> Any:
         raise TapError(f"{path}: permission denied") from None
     application = loads(data, path)
     application.tapfile = path
+    application.disk_stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
     return application

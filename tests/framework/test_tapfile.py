@@ -258,3 +258,27 @@ def test_a_save_removes_what_interrupted_saves_left_and_nothing_else(
     assert in_progress.exists() and fresh_unowned.exists()
     assert unrelated.exists(), "another tap's save is not this one's to clean"
     assert tapfile.load(str(path)).name == "app"
+
+
+def test_saving_over_a_tap_changed_on_disk_is_refused(tmp_path: pathlib.Path) -> None:
+    """The seed's order: load, edit in the shell, `mktap --append` the file, then save: the
+    save used to drop the appended port without a word (issue 9, item 11)."""
+    from forkd.control.commands import _tapedit
+    from forkd.ports import TCPPort
+    from forkd.protocol import Factory
+
+    path = str(tmp_path / "app.tap")
+    tapfile.save(Application("app"), path)
+    running = tapfile.load(path)
+    running.name = "edited in the shell"
+    elsewhere = tapfile.load(path)  # what mktap --append does: load, add, save
+    elsewhere.ports.append(TCPPort(8123, Factory(), interface="127.0.0.1"))
+    tapfile.save(elsewhere, path)
+    with pytest.raises(tapfile.TapChanged, match="changed on disk since it was loaded"):
+        running.save()
+    assert [p.port for p in tapfile.load(path).ports] == [8123], "the appended port stays"
+    assert running.save("mine").endswith("app-mine.tap"), "a tagged save is still possible"
+    # forkctl append edits the file as the running application changes: still in step
+    in_step = tapfile.load(path)
+    _tapedit.add_ports(in_step, path, [TCPPort(8124, Factory(), interface="127.0.0.1")])
+    in_step.save()

@@ -108,7 +108,7 @@ def execute(master: MasterAPI, args: dict[str, Any], reply: Reply) -> None:
         saved = None
         if save:
             try:
-                saved = _tapedit.add_ports(master.tapfile, added)
+                saved = _tapedit.add_ports(master.application, master.tapfile, added)
             except (TapError, OSError) as error:
                 reply(f"the new ports serve, but saving them to the tap failed: {error}", None)
                 return

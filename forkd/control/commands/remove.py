@@ -54,7 +54,7 @@ def execute(master: MasterAPI, args: dict[str, Any], reply: Reply) -> None:
         saved = None
         if save:
             try:
-                saved = _tapedit.remove_port(master.tapfile, key)
+                saved = _tapedit.remove_port(application, master.tapfile, key)
             except (TapError, OSError) as failure:
                 reply(f"{key} is closed, but saving the tap failed: {failure}", None)
                 return
