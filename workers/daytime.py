@@ -7,6 +7,7 @@ connectionLost without a reason): tap modules written for early Twisted run unch
 import time
 
 from forkd import usage
+from forkd.ports import TCPPort
 from forkd.protocol import Factory, Protocol
 
 usage_message = """Daytime server: tells each client the time and hangs up (RFC 867).
@@ -34,7 +35,10 @@ class DaytimeFactory(Factory):
 
 
 class Options(usage.Options):
-    optStrings = [["port", "p", "8013"]]
+    optStrings = [
+        ["port", "p", "8013"],
+        ["interface", "i", "127.0.0.1", "Address to listen on (0.0.0.0: every IPv4 address)."],
+    ]
     optFlags = [["utc", "u"]]
 
     def opt_quiet(self):
@@ -49,4 +53,5 @@ class Options(usage.Options):
 
 
 def getPorts(app, config):
-    return [(config.port, DaytimeFactory(utc=config.utc))]
+    factory = DaytimeFactory(utc=config.utc)
+    return [(TCPPort(config.port, factory, interface=config["interface"]), factory)]

@@ -31,7 +31,12 @@ class EchoFactory(Factory):
 class Options(usage.Options):
     optParameters = [
         ["port", "p", 8007, "TCP port to listen on.", usage.portCoerce],
-        ["interface", "i", "", "Address to listen on ('' = every IPv4 address, '::' = IPv6)."],
+        [
+            "interface",
+            "i",
+            "127.0.0.1",
+            "Address to listen on: loopback unless told (0.0.0.0: every IPv4 address, '::': IPv6).",
+        ],
     ]
 
 

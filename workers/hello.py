@@ -20,7 +20,12 @@ server forkd.web makes, for benchmarks and smoke tests.
 class Options(usage.Options):
     optParameters = [
         ["port", "p", 8080, "TCP port to listen on.", usage.portCoerce],
-        ["interface", "i", "", "Address to listen on ('' = every IPv4 address, '::' = IPv6)."],
+        [
+            "interface",
+            "i",
+            "127.0.0.1",
+            "Address to listen on: loopback unless told (0.0.0.0: every IPv4 address, '::': IPv6).",
+        ],
         ["access-log", None, None, "Combined-format access log file, or - for stdout."],
     ]
 

@@ -41,7 +41,12 @@ def _directory(value: str, what: str) -> str:
 class Options(usage.Options):
     optParameters = [
         ["port", "p", 8080, "TCP port to listen on.", usage.portCoerce],
-        ["interface", "i", "", "Address to listen on ('' = every IPv4 address, '::' = IPv6)."],
+        [
+            "interface",
+            "i",
+            "127.0.0.1",
+            "Address to listen on: loopback unless told (0.0.0.0: every IPv4 address, '::': IPv6).",
+        ],
         ["path", None, None, "Directory to serve [default: the current directory]."],
         ["access-log", None, None, "Combined-format access log file, or - for stdout."],
     ]

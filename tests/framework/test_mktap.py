@@ -40,8 +40,8 @@ def test_create_then_append_gives_two_ports(tmp_path) -> None:
     assert done.returncode == 0, done.stderr
     app = tapfile.load(str(tmp_path / "echo.tap"))
     assert [repr(p) for p in app.ports] == [
-        "<workers.echo.EchoFactory on 9001>",
-        "<workers.echo.EchoFactory on 9002>",
+        "<workers.echo.EchoFactory on 127.0.0.1:9001>",  # loopback unless told
+        "<workers.echo.EchoFactory on 127.0.0.1:9002>",
     ]
 
 
@@ -106,7 +106,7 @@ def test_append_to_a_bad_file_or_a_taken_port(tmp_path) -> None:
     assert (tmp_path / "junk.tap").read_bytes() == b"junk"
     mktap_in(tmp_path, "echo", "--port", "9001")
     done = mktap_in(tmp_path, "--append", "echo.tap", "echo", "--port", "9001")
-    assert done.returncode == 1 and "tcp:9001 is already a port" in done.stderr
+    assert done.returncode == 1 and "tcp:127.0.0.1:9001 is already a port" in done.stderr
 
 
 def test_seed_style_tap_module_from_a_dotted_path(tmp_path) -> None:
