@@ -54,14 +54,20 @@ def check(module: ModuleType) -> ModuleType:
     return module
 
 
+def summary(module: ModuleType) -> str:
+    """The first paragraph of a tap module's usage_message, on one line: the first line
+    alone cut sentences in half."""
+    text = (getattr(module, "usage_message", "") or "").strip()
+    return " ".join(text.split("\n\n", 1)[0].split())
+
+
 def available() -> list[tuple[str, str]]:
-    """(name, first line of usage_message) for every registered tap module."""
+    """(name, summary) for every registered tap module."""
     listing = []
     for name, ep in sorted(entry_points().items()):
         try:
             module = ep.load()
-            summary = (getattr(module, "usage_message", "") or "").strip().splitlines()
-            listing.append((name, summary[0] if summary else ""))
+            listing.append((name, summary(module)))
         except Exception as error:  # a broken plug-in must not hide the others
             listing.append((name, f"(does not load: {type(error).__name__}: {error})"))
     return listing

@@ -41,3 +41,20 @@ def positive_seconds(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
     return value
+
+
+def parse_command(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse `PROG COMMAND [options]`, answering an unknown option with COMMAND's usage:
+    argparse would show the top-level one, which does not list the option that was meant.
+    Each subparser records itself as `command_parser` (see `add_command`)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def add_command(commands: Any, name: str, **how: Any) -> argparse.ArgumentParser:
+    """`commands.add_parser(name, **how)` that `parse_command` can find again."""
+    command: argparse.ArgumentParser = commands.add_parser(name, **how)
+    command.set_defaults(command_parser=command)
+    return command

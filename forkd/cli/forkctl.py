@@ -16,7 +16,13 @@ import os
 import stat
 import sys
 
-from forkd.cli import positive_seconds, quiet_on_closed_pipe, shell_client
+from forkd.cli import (
+    add_command,
+    parse_command,
+    positive_seconds,
+    quiet_on_closed_pipe,
+    shell_client,
+)
 from forkd.control.client import ControlError, request
 from forkd.control.commands import COMMANDS, shell, summary
 
@@ -43,7 +49,8 @@ def parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module in COMMANDS.items():
-        command = sub.add_parser(
+        command = add_command(
+            sub,
             name,
             help=summary(module),
             description=module.__doc__,
@@ -97,7 +104,7 @@ def checked_socket(path: str, origin: str = "") -> str:
 
 @quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parse_command(parser(), argv)
     module = COMMANDS[args.command]
     try:
         path = find_socket(args.control)

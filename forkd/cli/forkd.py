@@ -20,7 +20,7 @@ import sys
 import time
 
 from forkd import tapfile
-from forkd.cli import positive_seconds
+from forkd.cli import add_command, parse_command, positive_seconds
 from forkd.control.client import ControlError, request
 from forkd.control.commands.status import table as status_table
 from forkd.supervisor.master import DEFAULT_GRACEFUL_TIMEOUT, DEFAULT_TIMEOUT
@@ -45,7 +45,7 @@ def worker_count(text: str) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="forkd", description="Run a .tap file as a pre-fork server.")
     commands = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    start = commands.add_parser("start", help="start serving FILE.tap")
+    start = add_command(commands, "start", help="start serving FILE.tap")
     start.add_argument("tap", metavar="FILE.tap")
     start.add_argument("-n", "--nodaemon", action="store_true", help="stay in the foreground")
     start.add_argument(
@@ -82,16 +82,17 @@ def parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--no-save", action="store_true", help="do not write <base>-shutdown.tap on stop"
     )
-    stop = commands.add_parser("stop", help="stop the server of FILE.tap")
+    stop = add_command(commands, "stop", help="stop the server of FILE.tap")
     stop.add_argument("tap", metavar="FILE.tap")
     stop.add_argument("--now", action="store_true", help="fast stop: do not drain")
     stop.add_argument("--pidfile", metavar="P")
-    status = commands.add_parser("status", help="is FILE.tap served, and how")
+    status = add_command(commands, "status", help="is FILE.tap served, and how")
     status.add_argument("tap", metavar="FILE.tap")
     status.add_argument("--pidfile", metavar="P")
     status.add_argument("--control", metavar="P")
     status.add_argument("--json", action="store_true")
-    check = commands.add_parser(
+    check = add_command(
+        commands,
         "check",
         help="check FILE.tap without serving it (like nginx -t): "
         "it loads, its modules import, its ports pickle",
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     state = resume.read_state()
     if state is not None:
         return startup.resume_reload(state)
-    args = parser().parse_args(argv)
+    args = parse_command(parser(), argv)
     try:
         if args.command == "start":
             return start(args, argv)

@@ -15,6 +15,7 @@ import argparse
 import os
 import stat
 import sys
+from typing import NoReturn
 
 from forkd import taps
 from forkd.app import Application
@@ -89,6 +90,12 @@ def refuse_overwriting_other_file(path: str) -> None:
         raise Failure(f"{os.path.abspath(path)} exists and is not a tap file; not overwriting it")
 
 
+def usage_error(name: str, error: Exception) -> NoReturn:
+    """One line, then the hint; the whole option table is one `--help` away, not in the way."""
+    print(f"mktap: {name}: {error} (mktap {name} --help lists its options)", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
+
+
 def make(args: argparse.Namespace) -> str:
     """Build or extend the application; return the path written."""
     synopsis = f"Usage: mktap [mktap options] {args.name} [{args.name} options]"
@@ -100,9 +107,7 @@ def make(args: argparse.Namespace) -> str:
     try:
         config.parseOptions(args.options)
     except UsageError as error:
-        print(config, file=sys.stderr)
-        print(f"Usage Error: {error}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE) from None
+        usage_error(args.name, error)
 
     if args.append:
         try:
@@ -124,9 +129,7 @@ def make(args: argparse.Namespace) -> str:
     try:
         taps.apply(module, application, config)
     except UsageError as error:
-        print(config, file=sys.stderr)
-        print(f"Usage Error: {error}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE) from None
+        usage_error(args.name, error)
     except (taps.BadTap, ValueError) as error:  # e.g. the port is already in the tap
         raise Failure(str(error)) from None
     application.tapfile = os.path.abspath(path)

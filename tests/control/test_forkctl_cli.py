@@ -172,3 +172,15 @@ def test_forkctl_picks_the_only_socket_among_several_ctl_files(
     with socket.socket(socket.AF_UNIX) as sock:
         sock.bind(str(tmp_path / "web.ctl"))
         assert forkctl.find_socket(None, str(tmp_path)) == str(tmp_path / "web.ctl")
+
+
+def test_append_takes_no_save_after_the_tap_options_too() -> None:
+    """`forkctl append echo --port 9212 --no-save`: the flag is forkctl's (issue 9, item 14)."""
+    from forkd.control.commands import append
+
+    args = forkctl.parser().parse_args(["append", "echo", "--port", "9212", "--no-save"])
+    assert append.request_args(args) == {
+        "name": "echo",
+        "options": ["--port", "9212"],
+        "save": False,
+    }

@@ -73,17 +73,25 @@ def test_tap_help_shows_usage_message_and_options(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("args", "error"),
     [
-        (["echo", "--port", "notanumber"], "Usage Error: Parameter type enforcement failed"),
-        (["echo", "--port", "70000"], "Usage Error: Parameter type enforcement failed"),
-        (["echo", "--nosuchoption"], "Usage Error: option --nosuchoption not recognized"),
-        (["daytime", "--port", "x"], "Usage Error: port must be a number"),
+        (["echo", "--port", "notanumber"], "mktap: echo: Parameter type enforcement failed"),
+        (["echo", "--port", "70000"], "mktap: echo: Parameter type enforcement failed"),
+        (["echo", "--nosuchoption"], "mktap: echo: option --nosuchoption not recognized"),
+        (["daytime", "--port", "x"], "mktap: daytime: port must be a number"),
     ],
 )
-def test_bad_tap_options_exit_2_with_a_usage_error_line(tmp_path, args, error) -> None:
+def test_bad_tap_options_exit_2_with_one_line_and_the_help_hint(tmp_path, args, error) -> None:
+    """Only the line that helps, not the 14-25 lines of the option table before it."""
     done = mktap_in(tmp_path, *args)
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1].startswith(error)
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(error) and line.endswith(f"(mktap {args[0]} --help lists its options)")
     assert not list(tmp_path.iterdir())
+
+
+def test_list_shows_whole_first_paragraphs(tmp_path) -> None:
+    listed = mktap_in(tmp_path, "--list")
+    hello = next(line for line in listed.stdout.splitlines() if line.startswith("hello"))
+    assert hello.endswith("for benchmarks and smoke tests."), hello
 
 
 def test_unknown_tap_exits_non_zero_naming_it(tmp_path) -> None:

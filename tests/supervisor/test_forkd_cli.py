@@ -58,3 +58,13 @@ def test_stop_on_a_tap_that_is_not_running(tmp_path: Any, capsys: Any) -> None:
     (tmp_path / "app.pid").write_text(f"{os.getpid()}\n")  # stale: nobody holds the lock
     assert forkd_cli.main(["stop", str(tmp_path / "app.tap")]) == 1
     assert capsys.readouterr().err.strip() == "forkd: app.tap is not running"
+
+
+def test_an_unknown_option_gets_its_commands_usage(capsys: Any) -> None:
+    """`forkd start --bogus` showed the top-level usage, which lists no start options."""
+    with pytest.raises(SystemExit) as exited:
+        forkd_cli.main(["start", "app.tap", "--bogus"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: forkd start ") and "--graceful-timeout" in err
+    assert err.strip().endswith("forkd start: error: unrecognized arguments: --bogus")

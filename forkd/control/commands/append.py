@@ -44,10 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def request_args(namespace: argparse.Namespace) -> dict[str, Any]:
+    # `forkctl append echo --port 9212 --no-save`: the flag is forkctl's wherever it is
+    options = [option for option in namespace.options if option != "--no-save"]
     return {
         "name": namespace.name,
-        "options": list(namespace.options),
-        "save": not namespace.no_save,
+        "options": options,
+        "save": not (namespace.no_save or len(options) < len(namespace.options)),
     }
 
 
