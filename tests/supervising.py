@@ -68,7 +68,7 @@ class FakeReadiness:
         self.events: list[str] = []
         self.fd = None
 
-    def ready(self) -> None:
+    def ready(self, summary: str = "") -> None:
         self.events.append("ready")
 
     def failed(self, reason: str) -> None:

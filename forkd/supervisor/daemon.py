@@ -36,8 +36,9 @@ class Readiness:
             os.close(self.fd)
         self.fd = None
 
-    def ready(self) -> None:
-        self._send("ok")
+    def ready(self, summary: str = "") -> None:
+        """Serving: `forkd start` prints `summary` (what serves, the pid) and exits 0."""
+        self._send(f"ok {summary}".rstrip())
 
     def failed(self, reason: str) -> None:
         self._send("error: " + " ".join(reason.split()))
@@ -95,7 +96,9 @@ def wait_ready(fd: int) -> int:
     with contextlib.suppress(ChildProcessError):
         os.waitpid(-1, 0)  # the intermediate child exits at once
     line = b"".join(chunks).decode("utf-8", "replace").strip()
-    if line == "ok":
+    if line == "ok" or line.startswith("ok "):
+        if line[3:]:
+            print(f"forkd: {line[3:]}", flush=True)
         return 0
     if line.startswith("error: "):
         print(f"forkd: {line[len('error: ') :]}", file=sys.stderr)

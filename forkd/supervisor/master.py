@@ -328,7 +328,10 @@ class Master:
         ):
             self.state = MasterState.RUNNING
             log.info("ready: %d worker(s) serving", len(current))
-            self.readiness.ready()
+            ports = ", ".join(port_key(p) for p in self.application.ports) or "no ports"
+            self.readiness.ready(
+                f"serving {self.tapfile} (pid {os.getpid()}): {ports}, {len(current)} worker(s)"
+            )
             sd_notify(f"READY=1\nMAINPID={os.getpid()}")
 
     # what the pool reports (workers.PoolOwner)
@@ -437,16 +440,19 @@ class Master:
 
     def reload(self, discard: bool, done: Done | None) -> None:
         """Validate the tap on disk in a child, then re-exec in place."""
+        refusal = None
         if self.state is MasterState.STOPPING:
-            call(done, "the master is stopping")
+            refusal = "the master is stopping"
         elif self.rollouts.busy:
-            call(done, "a restart or reload is already in progress")
+            refusal = "a restart or reload is already in progress"
         elif self.unsaved and not discard:
-            call(
-                done,
+            refusal = (
                 "the running application has unsaved changes; save them first "
-                "or reload with --discard to throw them away",
+                "or reload with --discard to throw them away"
             )
+        if refusal is not None:
+            log.warning("reload refused: %s", refusal)
+            call(done, refusal)
         else:
             self.rollouts.reload(
                 self.tapfile,

@@ -246,7 +246,8 @@ class WorkerPool:
                 self.on_message(worker, message)
         worker.channel.close()
         what = f"worker {worker.number} (pid {worker.pid})"
-        served = f"after {worker.accepted} connection(s)"
+        # counted by its heartbeats: one that dies between two has served more than this
+        served = f"after {worker.accepted} connection(s) by its last heartbeat"
         if worker.state is WorkerState.STOPPING and code == 0:
             log.info("%s stopped %s", what, served)
         elif code == EXIT_BOOT_FAILED:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -49,6 +50,9 @@ def disk_keys(master: FakeMaster) -> list[str]:
     return [port_key(p) for p in tapfile.load(master.tapfile).ports]
 
 
+INTERNALS = (pathlib.Path(__file__).parents[2] / "docs" / "INTERNALS.md").read_text()
+
+
 def test_registry_has_every_command_with_both_halves() -> None:
     assert list(COMMANDS) == [
         "status",
@@ -65,7 +69,9 @@ def test_registry_has_every_command_with_both_halves() -> None:
     for name, module in COMMANDS.items():
         assert module.name == name
         doc = module.__doc__ or ""
-        assert "Protocol:" in doc and "Usage: forkctl" in doc
+        assert "Usage: forkctl" in doc
+        assert "Protocol:" not in doc, "the wire protocol is in docs/INTERNALS.md, not --help"
+        assert f"- `{name}`: " in INTERNALS, f"docs/INTERNALS.md documents {name}"
         for attr in ("add_arguments", "request_args", "execute", "render", "timeout"):
             assert hasattr(module, attr), (name, attr)
     assert set(server_handlers()) == set(COMMANDS)

@@ -67,6 +67,10 @@ def test_daemon_detaches_and_keeps_no_descriptor_of_its_caller(tmp_path: pathlib
         assert started.returncode == 0, started.stderr
         pid = read_pid(str(tmp_path / "echo.pid"))
         assert pid is not None
+        # one line on success: what serves, and the master's pid (issue 9, item 17)
+        assert started.stdout == (
+            f"forkd: serving {tap} (pid {pid}): tcp:127.0.0.1:{port}, 1 worker(s)\n"
+        )
         try:
             assert echo_once(port) == b"ping"
             # whoever waits on a pipe it handed to `forkd start` sees EOF once start returns

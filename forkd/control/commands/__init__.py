@@ -3,8 +3,8 @@
 Each module holds everything about its command:
 
 - `name`: what forkctl and the wire protocol call it;
-- its docstring: both `forkctl NAME --help` and the protocol documentation (arguments and
-  result);
+- its docstring: `forkctl NAME --help` (the requests and results it exchanges are in
+  docs/INTERNALS.md, "The commands");
 - the client half: `add_arguments(parser)` (argparse), `request_args(namespace) -> dict`
   (the JSON `args`), `render(result, namespace) -> str` (what forkctl prints), `timeout`;
 - the server half: `execute(master, args, reply)`, run in the master's loop; it calls

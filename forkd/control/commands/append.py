@@ -8,10 +8,6 @@ hands the listening socket (SCM_RIGHTS) and the pickled factory to every running
 The command answers once every worker serves the new ports. Then the ports are added to
 the tap file on disk (atomically) so a reload or a restart keeps them; `--no-save` makes the
 change last only until the next reload. `forkctl append NAME --help` shows the tap's help.
-
-Protocol: `{"command": "append", "args": {"name": "echo", "options": ["--port", "8008"],
-"save": true}}` -> `{"ports": [{"key", "repr"}], "saved": path or null, "seconds": float}`,
-or `{"help": text}` for `--help`.
 """
 
 from __future__ import annotations
@@ -117,7 +113,10 @@ def execute(master: MasterAPI, args: dict[str, Any], reply: Reply) -> None:
         reply(
             None,
             {
-                "ports": [{"key": port_key(port), "repr": repr(port)} for port in added],
+                "ports": [
+                    {"key": port_key(port), "repr": repr(port), "served_by": served_by(port)}
+                    for port in added
+                ],
                 "saved": saved,
                 "seconds": round(time.monotonic() - started, 6),
             },
@@ -142,13 +141,24 @@ def _forget(application: Any, port: Any) -> None:
     application.ports = [known for known in application.ports if known is not port]
 
 
+def served_by(port: Any) -> str:
+    """Who serves a port: the master itself for a `servedByMaster` factory (telnet)."""
+    return "master" if getattr(port.factory, "servedByMaster", False) else "workers"
+
+
 def render(result: dict[str, Any], namespace: argparse.Namespace) -> str:
     if "help" in result:
         return str(result["help"]).rstrip("\n")
-    lines = [f"serving {port['repr']}" for port in result.get("ports", [])]
+    ports = result.get("ports", [])
+    lines = [f"serving {port['repr']}" for port in ports]
+    by = {port.get("served_by", "workers") for port in ports}
     seconds = result.get("seconds")
     if isinstance(seconds, (int, float)):
-        lines.append(f"every worker serves it after {seconds * 1000:.1f} ms")
+        took = f"after {seconds * 1000:.1f} ms"
+        if by == {"master"}:
+            lines.append(f"the master serves it itself (servedByMaster), {took}")
+        else:
+            lines.append(f"every worker serves it {took}")
     lines.append(
         f"saved to {result['saved']}"
         if result.get("saved")

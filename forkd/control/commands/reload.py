@@ -7,8 +7,6 @@ forks a new generation and drains the old one once the new one is ready. On any 
 old workers keep serving and this command exits non-zero with the reason. A reload refuses
 while the in-memory application has unsaved shell edits (they would be lost) unless
 `--discard` is given; `forkctl save` keeps them instead.
-
-Protocol: `{"command": "reload", "args": {"discard": false}}` -> the master's result.
 """
 
 from __future__ import annotations

@@ -5,9 +5,6 @@ Usage: forkctl remove [--no-save] ADDR
 ADDR is a port's key (`tcp:8080`, `unix:/run/app.sock`), its number or its path. Once every
 worker has finished the port's connections the master closes it, and the port is removed
 from the tap file on disk too (atomically) unless `--no-save`.
-
-Protocol: `{"command": "remove", "args": {"address": "tcp:8080", "save": true}}` ->
-`{"removed": key, "saved": path or null}`.
 """
 
 from __future__ import annotations

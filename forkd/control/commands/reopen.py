@@ -1,8 +1,6 @@
 """Reopen the log files (after logrotate moved them), in the master and every worker.
 
 Usage: forkctl reopen
-
-Protocol: `{"command": "reopen", "args": {}}` -> `{}`. Same as sending the master SIGUSR1.
 """
 
 from __future__ import annotations

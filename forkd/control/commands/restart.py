@@ -4,8 +4,6 @@ Usage: forkctl restart
 
 This is how shell edits reach the workers; nothing is dropped (the listening sockets stay
 open in the master). Answers once every new worker serves and the old ones have drained.
-
-Protocol: `{"command": "restart", "args": {}}` -> `{}` (or the master's error).
 """
 
 from __future__ import annotations

@@ -5,9 +5,6 @@ Usage: forkctl save [TAG]
 `forkctl save known-good` writes `app-known-good.tap` (the seed's
 `__main__.application.save("known-good")`); `forkctl save` rewrites `app.tap` itself, which
 keeps shell edits across a reload. Saving is atomic.
-
-Protocol: `{"command": "save", "args": {"tag": "known-good"}}` ->
-`{"path": "/.../app-known-good.tap"}`.
 """
 
 from __future__ import annotations

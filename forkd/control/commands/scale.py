@@ -1,9 +1,6 @@
 """Set the number of workers: N, or +N / -N relative to the current target.
 
 Usage: forkctl scale N|+N|-N
-
-Protocol: `{"command": "scale", "args": {"spec": "+2"}}` -> `{"target": 6}`. The master starts
-or gracefully stops workers to reach the target; the answer comes at once.
 """
 
 from __future__ import annotations

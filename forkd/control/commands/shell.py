@@ -7,11 +7,6 @@ As the seed's telnet session: `import __main__; __main__.application.ports` list
 application reaches the workers by a graceful rolling restart (the shell says so), and
 `application.save("known-good")` writes `<base>-known-good.tap`. Line editing and history
 (~/.forkd_history) are on this side; Ctrl-D leaves, Ctrl-C drops the statement being typed.
-
-Protocol: one request per statement, on one connection (the namespace lives as long as it):
-`{"command": "shell", "args": {"source": "<every line of the pending statement>"}}` ->
-`{"output": "what it printed", "more": bool}`; `more` means the statement is not complete yet:
-send it again with the next line appended.
 """
 
 from __future__ import annotations

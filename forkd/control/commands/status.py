@@ -1,11 +1,6 @@
 """Show the master, its workers, its ports and its restart backoff.
 
 Usage: forkctl status [--json]
-
-Protocol: `{"command": "status", "args": {}}`. The result is `master.status()`: pid, started,
-uptime, tapfile, generation, target_workers, unsaved, workers `[{number, pid, generation,
-state, connections, accepted, requests, rss, started}]`, ports `[{key, repr, factory}]`,
-backoff `{failures, next_spawn_in}`. `--json` prints it as is; otherwise a table.
 """
 
 from __future__ import annotations

@@ -3,9 +3,6 @@
 Usage: forkctl stop [--now]
 
 On the way out the application is saved to `<base>-shutdown.tap`, as the seed says.
-
-Protocol: `{"command": "stop", "args": {"now": false}}` -> `{"pid": N}`, sent before the
-master begins stopping.
 """
 
 from __future__ import annotations
