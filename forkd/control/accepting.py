@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from forkd.control.api import EventLoop, TimerHandle
 
@@ -39,6 +41,19 @@ class AcceptPause:
         self.pause = pause
         self.failures = 0
         self._timer: TimerHandle | None = None
+
+    def batch(self, sock: socket.socket, limit: int) -> Iterator[tuple[socket.socket, Any]]:
+        """Accept up to `limit` connections now (bounded: other files get their turn);
+        stops when none is pending, or on a failure, which pauses the socket if it was for
+        want of resources."""
+        for _ in range(limit):
+            try:
+                yield sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:
+                self.failed(error)
+                return
 
     @property
     def paused(self) -> bool:

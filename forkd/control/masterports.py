@@ -191,14 +191,7 @@ class MasterPortServer:
         self.master.remove_reader(self.port)
 
     def doRead(self) -> None:
-        for _ in range(8):  # bounded per wake-up
-            try:
-                sock, address = self.port.socket.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as error:  # EMFILE and friends: pause, keep serving the others
-                self.accept_errors.failed(error)
-                return
+        for sock, address in self.accept_errors.batch(self.port.socket, 8):
             try:
                 self._admit(sock, address)
             except Exception:

@@ -252,16 +252,9 @@ class ControlServer:
 
     # -- clients --------------------------------------------------------------------------
     def _on_accept(self) -> None:
-        for _ in range(32):  # bounded per wake-up
-            if self.sock is None:
-                return
-            try:
-                conn, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as error:  # EMFILE and friends: pause, keep serving the others
-                self.accept_errors.failed(error)
-                return
+        if self.sock is None:
+            return
+        for conn, _ in self.accept_errors.batch(self.sock, 32):
             try:
                 self._admit(conn)
             except Exception:

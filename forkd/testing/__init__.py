@@ -8,8 +8,8 @@
 - `StringTransport`, `connect`, `disconnect`, `Clock`: a protocol without sockets
   (forkd.testing.transport);
 - `wait_for`, `wait_for_async`: wait for a condition with a deadline (forkd.testing.waiting);
-- `free_port`, `RunningForkd`, `run_forkd`, `forkctl`, `mktap`, `make_tap`: real processes on
-  loopback (forkd.testing.processes);
+- `free_port`, `refused`, `RunningForkd`, `run_forkd`, `forkctl`, `mktap`, `make_tap`:
+  real processes on loopback (forkd.testing.processes);
 - `FakeMaster`: the master as the control plane sees it (forkd.testing.fakemaster).
 
 The project's own tests use these; tap authors are welcome to.
@@ -27,6 +27,7 @@ from forkd.testing.processes import (
     make_tap,
     mktap,
     mktap_command,
+    refused,
     run_forkd,
 )
 from forkd.testing.transport import Clock, DelayedCall, StringTransport, connect, disconnect
@@ -49,6 +50,7 @@ __all__ = [
     "make_tap",
     "mktap",
     "mktap_command",
+    "refused",
     "run_forkd",
     "wait_for",
     "wait_for_async",

@@ -52,6 +52,15 @@ def free_port() -> int:
         return int(address[1])
 
 
+def refused(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a connection to `port` is refused now (nothing listens there)."""
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
 def forkd_env(extra_paths: Iterable[str] = ()) -> dict[str, str]:
     """The environment a forkd, forkctl or mktap subprocess needs: the source tree (and
     `extra_paths`, where test tap modules live) first on PYTHONPATH, and none of the

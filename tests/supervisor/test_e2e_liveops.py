@@ -12,7 +12,7 @@ import pytest
 
 from forkd.app import Application
 from forkd.ports import TCPPort
-from forkd.testing import RunningForkd, forkctl, free_port, wait_for
+from forkd.testing import RunningForkd, forkctl, free_port, refused, wait_for
 from tests import TAP_MODULES_DIR
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
@@ -82,14 +82,6 @@ def test_reload_binds_ports_new_on_disk_and_closes_ports_gone(tmp_path: pathlib.
         wait_for(lambda: refused(gone), message=f"port {gone} closed after the reload")
         status = forkctl(ctl, "status").stdout
         assert f"tcp:127.0.0.1:{new}" in status and f"tcp:127.0.0.1:{gone}" not in status
-
-
-def refused(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    except ConnectionRefusedError:
-        return True
-    return False
 
 
 def test_ports_do_not_change_in_the_middle_of_a_rollout(tmp_path: pathlib.Path) -> None:

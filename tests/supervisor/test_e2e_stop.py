@@ -9,16 +9,8 @@ import socket
 import probetap
 import pytest
 
-from forkd.testing import RunningForkd, free_port, wait_for
+from forkd.testing import RunningForkd, free_port, refused, wait_for
 from tests import TAP_MODULES_DIR
-
-
-def refused(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    except ConnectionRefusedError:
-        return True
-    return False
 
 
 @pytest.mark.e2e

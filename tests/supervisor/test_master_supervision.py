@@ -8,10 +8,7 @@ from typing import Any
 
 import pytest
 
-from forkd.app import Application
-from forkd.supervisor import master as master_module
-from forkd.supervisor.loop import Loop
-from forkd.supervisor.master import Master, MasterConfig, MasterState
+from forkd.supervisor.master import MasterState
 from forkd.supervisor.supervision import (
     BACKOFF_CAP,
     KILL_GRACE,
@@ -24,69 +21,12 @@ from forkd.supervisor.supervision import (
     overdue,
 )
 from forkd.supervisor.worker import EXIT_BOOT_FAILED
-
-
-class FakeChannel:
-    closed = False
-    fd = -1
-
-    def fileno(self) -> int:
-        return -1
-
-    def receive(self) -> list[Any]:
-        return []
-
-    def close(self) -> None:
-        self.closed = True
-
-
-class FakeReadiness:
-    def __init__(self) -> None:
-        self.events: list[str] = []
-        self.fd = None
-
-    def ready(self, summary: str = "") -> None:
-        self.events.append("ready")
-
-    def failed(self, reason: str) -> None:
-        self.events.append(f"failed: {reason}")
-
-
-class FakeClock:
-    """The master's time as a number a test sets (the loop reads it)."""
-
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.supervising import RecordingChannel, make_master
 
 
 @pytest.fixture
 def master(monkeypatch: pytest.MonkeyPatch) -> Any:
-    app = Application("fake")
-    app.tapfile = "/nonexistent/fake.tap"
-    clock = FakeClock()
-    m = Master(
-        app,
-        MasterConfig(workers=2, timeout=30.0),
-        readiness=FakeReadiness(),
-        loop=Loop(clock=clock),
-    )
-    m.clock = clock
-    m.killed = []
-    monkeypatch.setattr(m.pool, "kill", lambda pid, signum: m.killed.append((pid, signum)))
-    m.spawned = []
-    m.pool.fork = lambda number: (1000 + len(m.spawned), FakeChannel())
-    spawn = m.pool.spawn
-
-    def spawn_and_record(**how: Any) -> WorkerProcess:
-        worker = spawn(**how)
-        m.spawned.append(worker)
-        return worker
-
-    monkeypatch.setattr(m.pool, "spawn", spawn_and_record)
-    monkeypatch.setattr(master_module, "sd_notify", lambda state: False)
+    m = make_master(monkeypatch, workers=2, timeout=30.0)
     yield m
     m.loop.close()
 
@@ -166,7 +106,9 @@ def test_suspend_detection_excuses_missed_heartbeats() -> None:
     detector.will_sleep(11.2, 1.0)
     gap = detector.woke(72.2)  # SIGSTOPped for a minute
     assert gap == pytest.approx(60.0)
-    worker = WorkerProcess(7, 1, 1, FakeChannel(), 0.0, state=WorkerState.READY, last_beat=11.0)
+    worker = WorkerProcess(
+        7, 1, 1, RecordingChannel(), 0.0, state=WorkerState.READY, last_beat=11.0
+    )
     assert overdue([worker], 72.2, 30.0) == [worker]
     excuse([worker], 72.2)
     assert overdue([worker], 72.2, 30.0) == []
@@ -180,7 +122,9 @@ def test_suspended_master_does_not_kill(master: Any, monkeypatch: Any) -> None:
 
     monkeypatch.setattr(master.loop, "poll", suspended)
     master.state = MasterState.RUNNING
-    worker = WorkerProcess(9, 1, 1, FakeChannel(), 0.0, state=WorkerState.READY, last_beat=99.0)
+    worker = WorkerProcess(
+        9, 1, 1, RecordingChannel(), 0.0, state=WorkerState.READY, last_beat=99.0
+    )
     master.workers[9] = worker
     master.target = 1
     master.iterate()
@@ -209,7 +153,7 @@ def test_reaping_a_worker_never_deafens_the_socket_that_reused_its_channel_numbe
 
     left, right = socket_module.socketpair()
     try:
-        worker = WorkerProcess(2000, 7, master.generation, FakeChannel(), 0.0)
+        worker = WorkerProcess(2000, 7, master.generation, RecordingChannel(), 0.0)
         worker.channel.closed = True
         worker.channel.fd = left.fileno()  # the number the closed channel had
         master.workers[worker.pid] = worker
