@@ -28,10 +28,11 @@ import time
 from typing import Any, Protocol, runtime_checkable
 
 from forkd import __version__
+from forkd.unpickling import RefusedGlobal, TapUnpickler, packages_named
 
 MAGIC = b"FORKDTAP"
 FORMAT = 1
-MAX_HEADER = 256
+MAX_HEADER = 4096  # the header line, with the packages a tap names
 
 
 class TapError(Exception):
@@ -55,8 +56,13 @@ def stamp(path: str) -> Stamp | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def header() -> bytes:
-    return b"%s %d forkd=%s\n" % (MAGIC, FORMAT, __version__.encode())
+def header(packages: set[str] | frozenset[str] = frozenset()) -> bytes:
+    """`FORKDTAP <format> forkd=<version> [modules=a,b]`: the packages the pickle names
+    besides forkd's own and the standard library, which the loader will let it use."""
+    line = b"%s %d forkd=%s" % (MAGIC, FORMAT, __version__.encode())
+    if packages:
+        line += b" modules=" + ",".join(sorted(packages)).encode()
+    return line + b"\n"
 
 
 class UnpicklableError(TapError, pickle.PicklingError, TypeError):
@@ -128,7 +134,7 @@ def unpicklable_path(value: Any, path: str = "application") -> tuple[str, BaseEx
 def dumps(application: Any) -> bytes:
     """The tap bytes; UnpicklableError names the attribute that does not pickle."""
     try:
-        return header() + pickle.dumps(application, protocol=5)
+        data = pickle.dumps(application, protocol=5)
     except RecursionError:
         raise UnpicklableError("cannot pickle the application: it nests too deeply") from None
     except Exception as error:
@@ -138,6 +144,7 @@ def dumps(application: Any) -> bytes:
             f"cannot pickle {path}: {reason} (keep run-time state out of the tap: "
             "create it in startFactory, or drop it in __getstate__)"
         ) from None
+    return header(packages_named(data)) + data
 
 
 def save(application: Any, path: str) -> None:
@@ -234,63 +241,6 @@ def check_trusted(path: str, st: os.stat_result) -> None:
 # What no Application needs and every pickle exploit reaches for. Not a sandbox (the owner
 # check above is the defence): a second line that turns the classic payloads, and a
 # corrupted file that happens to name them, into a clear refusal instead of code run.
-_FORBIDDEN_MODULES = frozenset(
-    {
-        "os",
-        "posix",
-        "nt",
-        "subprocess",
-        "pty",
-        "shutil",
-        "sys",
-        "importlib",
-        "runpy",
-        "code",
-        "codeop",
-        "ctypes",
-        "multiprocessing",
-        "pickle",
-        "_pickle",
-        "marshal",
-        "webbrowser",
-    }
-)
-_FORBIDDEN_BUILTINS = frozenset(
-    {
-        "eval",
-        "exec",
-        "compile",
-        "open",
-        "__import__",
-        "getattr",
-        "setattr",
-        "delattr",
-        "globals",
-        "locals",
-        "vars",
-        "input",
-        "breakpoint",
-        "exit",
-        "quit",
-        "help",
-    }
-)
-
-
-class RefusedGlobal(pickle.UnpicklingError):
-    """The pickle names a function no tap needs (os.system, builtins.eval, ...)."""
-
-
-class _TapUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        root = module.split(".", 1)[0]
-        if root in _FORBIDDEN_MODULES or (
-            module in ("builtins", "__builtin__") and name in _FORBIDDEN_BUILTINS
-        ):
-            raise RefusedGlobal(f"it refers to {module}.{name}, which no application needs")
-        return super().find_class(module, name)
-
-
 def beside(tap: str, suffix: str) -> str:
     """A file named after `tap`: `beside("app.tap", ".ctl")` is "app.ctl", and
     `beside("app.tap", "-known-good.tap")` the tagged save. Every such name is made here."""
@@ -310,6 +260,14 @@ class SavedApplication(Protocol):
     def save(self, tag: str | None = None) -> str: ...
 
 
+def _declared_packages(fields: list[bytes]) -> set[str]:
+    for field in fields:
+        if field.startswith(b"modules="):
+            text = field[len(b"modules=") :].decode("ascii", "replace")
+            return {name for name in text.split(",") if name}
+    return set()
+
+
 def loads(data: bytes, path: str = "<tap>") -> Any:
     """Unpickle an Application from tap bytes, with one-line errors for every failure."""
     newline = data.find(b"\n", 0, MAX_HEADER)
@@ -327,7 +285,8 @@ def loads(data: bytes, path: str = "<tap>") -> Any:
             f"({FORMAT}); it was written by {written_by}"
         )
     try:
-        application = _TapUnpickler(io.BytesIO(data[newline + 1 :])).load()
+        declared = _declared_packages(fields[1:])
+        application = TapUnpickler(io.BytesIO(data[newline + 1 :]), declared).load()
     except RefusedGlobal as error:
         raise TapError(f"{path}: refusing to load: {error} (a hostile or damaged tap?)") from None
     except (ModuleNotFoundError, ImportError) as error:

@@ -215,14 +215,27 @@ def test_unix_port_replaces_a_stale_socket_but_not_a_live_one(tmp_path) -> None:
         b'c__builtin__\neval\n(S\'open("{marker}", "w")\'\ntR.',
         b'cbuiltins\nexec\n(S\'open("{marker}", "w")\'\ntR.',
         b"csubprocess\ncall\n((S'touch'\nS'{marker}'\nltR.",
+        # what the old denylist let through (issue 9, item 10)
+        b'ctimeit\ntimeit\n(S\'open("{marker}", "w")\'\ntR.',
+        b"cpydoc\npipepager\n(S'x'\nS'touch {marker}'\ntR.",
+        b"cio\nopen\n(S'{marker}'\nS'w'\ntR.",
+        # forkd's own functions are not classes: tapfile.save would write a file
+        b"cforkd.tapfile\nsave\n(NS'{marker}'\ntR.",
+        # a package a hostile header declares may not be the standard library
+        b"modules=os\ncos\nsystem\n(S'touch {marker}'\ntR.",
     ],
 )
 def test_a_hostile_pickle_is_refused_before_it_runs(tmp_path, payload: bytes) -> None:
     marker = tmp_path / "pwned"
-    data = tapfile.header() + payload.replace(b"{marker}", str(marker).encode())
+    payload = payload.replace(b"{marker}", str(marker).encode())
+    if payload.startswith(b"modules="):  # goes in the header line
+        declared, payload = payload.split(b"\n", 1)
+        data = tapfile.header().rstrip(b"\n") + b" " + declared + b"\n" + payload
+    else:
+        data = tapfile.header() + payload
     path = tmp_path / "hostile.tap"
     path.write_bytes(data)
-    with pytest.raises(TapError, match="refusing to load: it refers to") as info:
+    with pytest.raises(TapError, match="refusing to load: it names") as info:
         tapfile.load(str(path))
     assert "\n" not in str(info.value)
     assert not marker.exists()
@@ -282,3 +295,36 @@ def test_saving_over_a_tap_changed_on_disk_is_refused(tmp_path: pathlib.Path) ->
     in_step = tapfile.load(path)
     _tapedit.add_ports(in_step, path, [TCPPort(8124, Factory(), interface="127.0.0.1")])
     in_step.save()
+
+
+def test_a_taps_own_package_is_recorded_and_allowed(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mktap records the packages a tap names beyond forkd's; only those are let in."""
+    package = tmp_path / "mysite"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "from forkd.protocol import Factory\n\n\ndef greeting():\n    return 'hi'\n\n\n"
+        "class SiteFactory(Factory):\n    make = greeting\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from mysite import SiteFactory  # type: ignore[import-not-found]
+
+    from forkd.ports import TCPPort
+
+    application = Application("site")
+    factory = SiteFactory()
+    factory.hello = SiteFactory.make  # a function of its own package, by reference
+    application.ports.append(TCPPort(8125, factory, interface="127.0.0.1"))
+    path = str(tmp_path / "site.tap")
+    tapfile.save(application, path)
+    assert pathlib.Path(path).read_bytes().split(b"\n", 1)[0].endswith(b" modules=mysite")
+    loaded = tapfile.load(path)
+    assert loaded.ports[0].factory.hello() == "hi"
+    # the same pickle with the declaration stripped is refused, naming how to allow it
+    head, body = pathlib.Path(path).read_bytes().split(b"\n", 1)
+    pathlib.Path(path).write_bytes(tapfile.header() + body)
+    with pytest.raises(TapError, match="allow it with FORKD_TAP_MODULES=mysite"):
+        tapfile.load(path)
+    monkeypatch.setenv("FORKD_TAP_MODULES", "mysite")
+    assert tapfile.load(path).name == "site"
