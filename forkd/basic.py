@@ -14,15 +14,22 @@ the buffer and parsed, in order, once the callback returns.
 
 from __future__ import annotations
 
+import logging
 import re
 import struct
 from collections.abc import Callable
 from typing import Any
 
+from forkd.producers import FileSender
 from forkd.protocol import Protocol
 
+log = logging.getLogger("forkd.basic")
+
 __all__ = [
+    "FileSender",
+    "LineOnlyReceiver",
     "LineReceiver",
+    "StatefulStringProtocol",
     "NetstringReceiver",
     "NetstringParseError",
     "IncompleteNetstring",
@@ -224,6 +231,63 @@ class LineReceiver(Protocol, _PauseableMixin):
         more lines, or only the start of the long one). The default closes the
         connection, since a peer that sends such lines is broken or hostile."""
         return self.transport.loseConnection()
+
+
+class LineOnlyReceiver(Protocol):
+    """Lines and nothing else: a simpler, faster LineReceiver with no raw mode.
+
+    As Twisted's: `delimiter` (default CRLF) splits the stream into lines for
+    `lineReceived`; a line (or a buffered partial line) longer than `MAX_LENGTH` goes to
+    `lineLengthExceeded`, which closes the connection; no line is delivered once the
+    transport is disconnecting."""
+
+    delimiter = b"\r\n"
+    MAX_LENGTH = 16384
+    _buffer = b""
+
+    def dataReceived(self, data: bytes) -> Any:
+        lines = (self._buffer + data).split(self.delimiter)
+        self._buffer = lines.pop(-1)
+        for line in lines:
+            if self.transport.disconnecting:
+                return None  # lineReceived closed the connection: the rest is not wanted
+            if len(line) > self.MAX_LENGTH:
+                return self.lineLengthExceeded(line)
+            self.lineReceived(line)
+        if len(self._buffer) > self.MAX_LENGTH:
+            return self.lineLengthExceeded(self._buffer)
+        return None
+
+    def lineReceived(self, line: bytes) -> Any:
+        """Override: one line, without its delimiter."""
+        raise NotImplementedError
+
+    def sendLine(self, line: bytes) -> Any:
+        return self.transport.writeSequence((line, self.delimiter))
+
+    def lineLengthExceeded(self, line: bytes) -> Any:
+        return self.transport.loseConnection()
+
+
+class StatefulStringProtocol:
+    """A mixin that routes each string of a string receiver to `proto_<state>`.
+
+    Mixed into a NetstringReceiver or an IntNStringReceiver (listed first): each
+    `stringReceived(string)` calls `proto_<self.state>(string)`, whose return value is the
+    next state; the state "done" closes the connection. As in Twisted, a state with no
+    handler is logged and the string dropped."""
+
+    state = "init"
+    transport: Any
+
+    def stringReceived(self, string: bytes) -> None:
+        handler = getattr(self, "proto_" + self.state, None)
+        if handler is None:
+            log.warning("%r: no proto_%s handler: string dropped", self, self.state)
+            return
+        self.state = handler(string)
+        if self.state == "done":
+            self.transport.loseConnection()
 
 
 class NetstringParseError(ValueError):

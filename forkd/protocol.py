@@ -87,6 +87,8 @@ class Transport:
         "pauseProducing",
         "resumeProducing",
         "producer",
+        "_streaming",
+        "_write_paused",
         "_peer",
     )
 
@@ -99,6 +101,8 @@ class Transport:
         self.pauseProducing = transport.pause_reading  # type: ignore[attr-defined]
         self.resumeProducing = transport.resume_reading  # type: ignore[attr-defined]
         self.producer: Any = None
+        self._streaming = True
+        self._write_paused = False
         self._peer: tuple[Any, ...] | None = None
 
     def getPeer(self) -> tuple[Any, ...]:
@@ -153,9 +157,25 @@ class Transport:
             producer.stopProducing()
             return
         self.producer = producer
+        self._streaming = streaming
+        if not streaming:  # a pull producer writes when asked: ask while we can take more
+            asyncio.get_running_loop().call_soon(self._pull, producer)
+
+    def _pull(self, producer: Any) -> None:
+        if self.producer is not producer or self._write_paused or self.write is _ignore:
+            return
+        try:
+            producer.resumeProducing()
+        except Exception:
+            log.exception("Error in %r.resumeProducing", producer)
+            self.abortConnection()
+            return
+        if self.producer is producer:
+            asyncio.get_running_loop().call_soon(self._pull, producer)
 
     def unregisterProducer(self) -> None:
         self.producer = None
+        self._streaming = True
 
     def setTcpNoDelay(self, enabled: bool) -> None:
         sock = self._transport.get_extra_info("socket")
@@ -268,6 +288,8 @@ class Protocol(asyncio.Protocol):
     def pause_writing(self) -> None:
         transport = self.transport
         producer = transport.producer if transport is not None else None
+        if transport is not None:
+            transport._write_paused = True
         if producer is not None:
             producer.pauseProducing()
         elif transport is not None:
@@ -276,7 +298,11 @@ class Protocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         transport = self.transport
         producer = transport.producer if transport is not None else None
-        if producer is not None:
+        if transport is not None:
+            transport._write_paused = False
+        if producer is not None and not transport._streaming:
+            transport._pull(producer)  # a pull producer: ask for the next chunk
+        elif producer is not None:
             producer.resumeProducing()
         elif transport is not None and not transport.disconnecting:
             transport.resumeProducing()
