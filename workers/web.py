@@ -19,10 +19,13 @@ from forkd.web.server import Site
 from forkd.web.static import File
 from forkd.web.vhost import NamedVirtualHost
 
+WELCOME = os.path.join(os.path.dirname(os.path.abspath(__file__)), "welcome")
+
 usage_message = """Serve a directory tree over HTTP/1.1 (keep-alive, pipelining, ranges,
 conditional requests, sendfile).
 
---path is the document root (default: the current directory, stored as an absolute path).
+--path is the document root, stored as an absolute path (default: a bundled welcome page,
+not the current directory, which would publish whatever is there, a .git among it).
 --vhost NAME=DIR serves DIR for requests whose Host is NAME (any port, any case); other
 hosts get --path. Directories without an index file are listed unless --no-listing.
 --access-log FILE (or - for standard output) writes a combined-format log, buffered.
@@ -47,7 +50,7 @@ class Options(usage.Options):
             "127.0.0.1",
             "Address to listen on: loopback unless told (0.0.0.0: every IPv4 address, '::': IPv6).",
         ],
-        ["path", None, None, "Directory to serve [default: the current directory]."],
+        ["path", None, None, "Directory to serve [default: the bundled welcome page]."],
         ["access-log", None, None, "Combined-format access log file, or - for stdout."],
     ]
     optFlags = [
@@ -73,7 +76,7 @@ class Options(usage.Options):
         self["vhosts"].append((name, _directory(directory, "--vhost")))
 
     def postOptions(self) -> None:
-        self["path"] = _directory(self["path"] or os.getcwd(), "--path")
+        self["path"] = _directory(self["path"] or WELCOME, "--path")
 
 
 def makeResource(config: Any) -> Resource:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import pickle
 from typing import Any
 
@@ -24,16 +25,16 @@ def parse(module: Any, *argv: str) -> Any:
     return config
 
 
-def test_web_tap_defaults_to_port_8080_and_the_current_directory(
+def test_web_tap_defaults_to_port_8080_and_the_welcome_page(
     tmp_path: Any, monkeypatch: Any
 ) -> None:
     monkeypatch.chdir(tmp_path)
     config = parse(web_tap)
     [(port, site)] = web_tap.getPorts(Application("web"), config)
     assert isinstance(port, TCPPort) and port.factory is site
-    assert config["port"] == 8080 and config["path"] == str(tmp_path)
+    assert config["port"] == 8080 and config["path"] == web_tap.WELCOME
     assert isinstance(site, server.Site) and isinstance(site.resource, static.File)
-    assert site.resource.path == str(tmp_path) and os.path.isabs(site.resource.path)
+    assert site.resource.path == web_tap.WELCOME and os.path.isabs(site.resource.path)
     assert site.resource.listing is True and site.resource.indexNames == ["index.html"]
     assert site.logPath is None
 
@@ -120,3 +121,16 @@ def test_hello_tap() -> None:
         response = get(served.port, b"/anything")
         assert response.body == b"Hello, world!\n"
         assert response.headers[b"content-type"] == b"text/plain"
+
+
+def test_without_path_the_web_tap_serves_its_welcome_page_not_the_current_directory(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """`mktap web` in a project folder used to publish it, /.git/config included."""
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "config").write_text("[core]\n")
+    monkeypatch.chdir(tmp_path)
+    config = web_tap.Options()
+    config.parseOptions(["--port", "0"])
+    assert config["path"] == web_tap.WELCOME
+    assert "forkd is serving" in (pathlib.Path(web_tap.WELCOME) / "index.html").read_text()
