@@ -121,6 +121,7 @@ class HTTPChannel(Protocol):
         self._written = 0  # bytes Request.write sent since the last sweep
         self._sendPending = 0  # unsent output at the last sweep
         self._sendSince = 0.0  # when that output last made progress
+        self._bodySince = 0.0  # when the body in progress began
         self._timeouts = site._timeoutsFor()
         self._since = self._timeouts.now
         self._timeouts.add(self)
@@ -214,7 +215,7 @@ class HTTPChannel(Protocol):
             keep,
         )
         self._state = BODY
-        self._since = self._timeouts.now
+        self._since = self._bodySince = self._timeouts.now
         if length > site.maxBodySize:
             raise _Reject(413)
         # RFC 9110 10.1.1: an HTTP/1.0 client does not know 100 (it would take it for the
@@ -372,8 +373,16 @@ class HTTPChannel(Protocol):
         elif state == HEADERS:
             if elapsed >= site.headerTimeout:
                 self._fail(408)
-        elif elapsed >= site.bodyTimeout:
+        elif elapsed >= site.bodyTimeout or self._trickling(now):
             self._fail(408)
+
+    def _trickling(self, now: float) -> bool:
+        """Whether the body in progress averages under Site.minBodyRate after its grace."""
+        site, request = self._site, self._request
+        if request is None or not site.minBodyRate:
+            return False
+        taken = now - self._bodySince
+        return bool(taken > site.bodyRateGrace and request._bodySize < site.minBodyRate * taken)
 
     def _sendStalled(self, now: float) -> bool:
         """Whether output has waited on the peer for Site.sendTimeout with no progress.

@@ -13,8 +13,8 @@ light: request headers stay the parser's list of pairs until something asks for
 from __future__ import annotations
 
 import logging
-from io import BytesIO
-from typing import Any
+from tempfile import SpooledTemporaryFile
+from typing import Any, BinaryIO
 from urllib.parse import parse_qs, unquote_to_bytes, urlsplit
 
 from forkd.web.headers import Headers, to_bytes
@@ -97,7 +97,7 @@ class Request(ResponseWriter):
         self._raw = rawHeaders
         self._requestHeaders: Headers | None = None
         self._args: dict[bytes, list[bytes]] | None = None
-        self._content: BytesIO | None = None
+        self._content: BinaryIO | None = None
         self._bodySize = 0
         self._out: Headers | None = None
         self._chunked = False
@@ -127,15 +127,20 @@ class Request(ResponseWriter):
         return {name: values[-1] for name, values in self.requestHeaders._raw.items()}
 
     @property
-    def content(self) -> BytesIO:
-        """The request body (a BytesIO positioned at 0 once the request is processed)."""
+    def content(self) -> BinaryIO:
+        """The request body, a file positioned at 0 once the request is processed: in memory
+        up to `Site.bodyBufferSize`, spooled to a temporary file beyond, so a large body
+        costs the worker disk, not memory (Twisted spools bodies the same way)."""
         content = self._content
         if content is None:
-            content = self._content = BytesIO()
+            limit = getattr(getattr(self.channel, "_site", None), "bodyBufferSize", 64 * 1024)
+            # closed with the request (connectionLost or the end of the response)
+            spooled: Any = SpooledTemporaryFile(max_size=limit)  # noqa: SIM115
+            content = self._content = spooled
         return content
 
     @content.setter
-    def content(self, value: BytesIO) -> None:
+    def content(self, value: BinaryIO) -> None:
         self._content = value
 
     @property
@@ -152,9 +157,11 @@ class Request(ResponseWriter):
             if self._content is not None and ctype.split(b";")[0].strip().lower() == (
                 b"application/x-www-form-urlencoded"
             ):
-                for key, values in parse_qs(
-                    self._content.getvalue(), keep_blank_values=True
-                ).items():
+                position = self._content.tell()
+                self._content.seek(0)
+                body = self._content.read()
+                self._content.seek(position)
+                for key, values in parse_qs(body, keep_blank_values=True).items():
                     args.setdefault(key, []).extend(values)
             self._args = args
         return args

@@ -42,6 +42,13 @@ class Site(Factory):
     headerTimeout = 10.0
     #: seconds a body may stall (nginx client_body_timeout)
     bodyTimeout = 60.0
+    #: bytes per second a body must average once `bodyRateGrace` seconds have passed: a
+    #: trickle that never stalls for `bodyTimeout` must not hold a connection and its
+    #: buffer for ever (Apache mod_reqtimeout's MinRate; 0 turns it off)
+    minBodyRate = 1024
+    bodyRateGrace = 10.0
+    #: body bytes kept in memory per request; more is spooled to a temporary file
+    bodyBufferSize = 64 * 1024
     #: seconds an idle keep-alive connection is kept (nginx keepalive_timeout 75s)
     keepAliveTimeout = 75.0
     #: seconds output may wait on a peer that takes none of it before the connection is

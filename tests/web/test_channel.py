@@ -985,3 +985,49 @@ def test_garbage_over_a_real_socket_leaves_the_server_serving(caplog: Any) -> No
         assert get(served.port, b"/").body == b"ok"
         assert served.errors == []
         assert not [r for r in caplog.records if r.name == "forkd.web"]
+
+
+# -- request bodies: bounded memory, a minimum rate (issue 9, item 9) -------------------------
+def test_a_body_that_trickles_under_the_minimum_rate_gets_408() -> None:
+    """One byte a second never stalls for bodyTimeout, but averages far under the rate."""
+    channel, transport, clock = make(Echo(), bodyTimeout=60.0, minBodyRate=100)
+    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+    for _ in range(9):  # within the grace: nothing is said
+        clock.advance(1.0)
+        channel.dataReceived(b"x")
+    assert transport.value() == b""
+    for _ in range(4):
+        clock.advance(1.0)
+        channel.dataReceived(b"x")
+    [response] = responses(transport)
+    assert response.status == 408 and transport.disconnecting
+
+
+def test_a_body_at_the_minimum_rate_is_answered() -> None:
+    channel, transport, clock = make(Echo(), minBodyRate=100, bodyRateGrace=2.0)
+    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n\r\n")
+    for _ in range(10):
+        clock.advance(1.0)
+        channel.dataReceived(b"y" * 200)
+    [response] = responses(transport)
+    assert response.status == 200 and response.body == b"/:" + b"y" * 2000
+
+
+def test_a_large_body_is_spooled_to_disk_not_held_in_memory() -> None:
+    seen: list[Any] = []
+
+    class Keep(Resource):
+        isLeaf = True
+
+        def render_POST(self, request: Any) -> bytes:
+            seen.append(request.content)
+            return b"%d" % len(request.content.read())
+
+    channel, transport, _ = make(Keep(), bodyBufferSize=1024)
+    body = b"z" * 200_000
+    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body))
+    for start in range(0, len(body), 8192):
+        channel.dataReceived(body[start : start + 8192])
+    [response] = responses(transport)
+    assert response.status == 200 and response.body == b"200000"
+    assert seen[0]._rolled, "over bodyBufferSize, the body went to a temporary file"
