@@ -51,6 +51,7 @@ class WorkerProcess:
     requests: int = 0
     boot_error: str | None = None
     kill_at: float | None = None  # SIGKILL deadline once stopping or timed out
+    exit_signal: int | None = None  # the signal that ended it, once reaped
     was_ready: bool = False  # said "ready" once: its later failures are not boot failures
 
     def __post_init__(self) -> None:
@@ -138,10 +139,22 @@ class SlotBackoff:
         }
 
 
+# what an operator, a supervisor or the OOM killer ends a process with: not its own fault
+KILLED_FROM_OUTSIDE = frozenset(
+    {signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP}
+)
+
+
 def failed_early(worker: WorkerProcess, now: float) -> bool:
     """A failure that says the code is broken, not that the worker was killed: it never got
-    ready, or died within STABLE_AFTER of starting. Only these are backed off."""
-    return not worker.was_ready or now - worker.started < STABLE_AFTER
+    ready, or it crashed (an exit code, SIGSEGV, SIGABRT...) within STABLE_AFTER of
+    starting. Only these are backed off; a serving worker killed from outside is replaced
+    at once, however young."""
+    if not worker.was_ready:
+        return True
+    if worker.exit_signal in KILLED_FROM_OUTSIDE:
+        return False
+    return now - worker.started < STABLE_AFTER
 
 
 def overdue(workers: list[WorkerProcess], now: float, timeout: float) -> list[WorkerProcess]:

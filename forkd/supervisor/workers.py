@@ -236,7 +236,7 @@ class WorkerPool:
                 log.info("reaped unknown child %d: %s", pid, describe_status(status)[0])
 
     def exited(self, worker: WorkerProcess, status: int) -> None:
-        text, code, _ = describe_status(status)
+        text, code, worker.exit_signal = describe_status(status)
         if not worker.channel.closed:
             # Only while open: once closed, its number may already be another socket's
             # (a forkctl client accepted since), and forgetting it would deafen that one.

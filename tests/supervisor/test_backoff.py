@@ -77,3 +77,26 @@ def test_a_slot_stable_again_forgets_its_failures(master: Any) -> None:
     master.clock.now += STABLE_AFTER
     master.manage_workers()
     assert master.status()["backoff"] == {"failures": 0, "next_spawn_in": 0.0, "slots": {}}
+
+
+def test_a_young_serving_worker_killed_from_outside_is_replaced_at_once(master: Any) -> None:
+    """Killed by an operator or the OOM killer two seconds after boot: not a crash loop
+    (six such rounds used to leave no worker for 113 s, scripts/fault_scenarios.py)."""
+    for _ in range(6):
+        workers = start(master) if not master.pool.current() else master.pool.current()
+        master.clock.now += 2.0
+        for worker in workers:
+            kill(master, worker, signal.SIGKILL)
+        master.manage_workers()
+        assert len(master.pool.current()) == 2
+        ready(master, master.pool.current())
+    assert master.backoff.failures == 0
+
+
+def test_a_young_worker_that_crashes_by_itself_is_backed_off(master: Any) -> None:
+    first, _second = start(master)
+    master.clock.now += 2.0
+    kill(master, first, signal.SIGSEGV)
+    master.manage_workers()
+    assert [w.number for w in master.pool.current()] == [2]
+    assert master.backoff.failures == 1
