@@ -54,7 +54,7 @@ from forkd.web.response import SERVER
 log = logging.getLogger("forkd.web")
 
 IDLE, HEADERS, BODY = 0, 1, 2  # what the parser is in the middle of
-_PAUSED_WRITE, _PAUSED_QUEUE, _PAUSED_CLOSING = 1, 2, 4
+_PAUSED_WRITE, _PAUSED_QUEUE, _PAUSED_CLOSING, _PAUSED_BODY = 1, 2, 4, 8
 _VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0", "0.9": b"HTTP/1.0"}
 _METHOD_LIKE = re.compile(rb"(?:^|\n)[!#$%&'*+.^_`|~0-9A-Za-z-]+(?: |$)")
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -182,6 +182,7 @@ class HTTPChannel(Protocol):
         version = parser.get_http_version()
         length = -1
         expect = False
+        coded = False
         hosts = 0
         for name, value in self._headers:
             size = len(name)
@@ -193,10 +194,12 @@ class HTTPChannel(Protocol):
                 expect = value.lower() == b"100-continue"
             elif size == 7 and name.lower() == b"upgrade":
                 keep = False
-            elif size == 17 and version == "1.0" and name.lower() == b"transfer-encoding":
-                # RFC 9112 6.1: a 1.0 message with a transfer coding has faulty framing
-                # (an intermediary may have read it by Content-Length): never reuse.
-                keep = False
+            elif size == 17 and name.lower() == b"transfer-encoding":
+                coded = True
+                if version == "1.0":
+                    # RFC 9112 6.1: a 1.0 message with a transfer coding has faulty framing
+                    # (an intermediary may have read it by Content-Length): never reuse.
+                    keep = False
         # RFC 9112 3.2: a 1.1 request without exactly one Host is a 400 (nginx too); more
         # than one lets a proxy and this server disagree about which host is meant.
         if hosts > 1 or (not hosts and version == "1.1"):
@@ -222,6 +225,28 @@ class HTTPChannel(Protocol):
         # response), so its expectation is ignored.
         if expect and version != "1.0" and self._active is None and not self._queue:
             self.transport.write(CONTINUE)
+        if (length > 0 or coded) and self._active is None and not self._queue:
+            self._streamIfAsked(self._request)
+
+    def _streamIfAsked(self, request: Request) -> None:
+        """A resource with `streamsBody = True` is rendered before its body arrives and
+        handed it piece by piece (Request.onBody), instead of the body being kept whole."""
+        try:
+            resource = self._site.getResourceFor(request)
+        except Exception:  # answered as usual once the body is in
+            return
+        if getattr(resource, "streamsBody", False):
+            request._streaming = True
+            stats.requests += 1
+            self._active = request
+            request.process(resource)
+
+    def pauseBody(self) -> None:
+        """A streaming resource cannot keep up: stop reading until resumeBody."""
+        self._pauseReading(_PAUSED_BODY)
+
+    def resumeBody(self) -> None:
+        self._resumeReading(_PAUSED_BODY)
 
     def on_body(self, body: bytes) -> None:
         request = self._request
@@ -231,7 +256,7 @@ class HTTPChannel(Protocol):
         if size > self._site.maxBodySize:
             raise _Reject(413)
         request._bodySize = size
-        request.content.write(body)
+        request._bodyReceived(body)
         self._since = self._timeouts.now
 
     def on_message_complete(self) -> None:
@@ -240,6 +265,10 @@ class HTTPChannel(Protocol):
         self._state = IDLE
         self._since = self._timeouts.now
         if request is None or self._closing:
+            return
+        if request._streaming:  # rendered at its headers: it only hears that the body ended
+            self._resumeReading(_PAUSED_BODY)
+            request._bodyDone()
             return
         stats.requests += 1
         if request._content is not None:
@@ -263,6 +292,8 @@ class HTTPChannel(Protocol):
             return
         self._active = None
         self._served += 1
+        if request._streaming and not request.bodyComplete:
+            request._keep = False  # answered before its body was in: do not read the rest
         if not request._keep:
             self._closing = True
             self.transport.loseConnection()
@@ -288,6 +319,14 @@ class HTTPChannel(Protocol):
         self._request = None
         self._state = IDLE
         self._pauseReading(_PAUSED_CLOSING)
+        active = self._active
+        if active is not None and active._streaming and not active.bodyComplete:
+            # the resource waits for a body that will not come: it is not answered further
+            active.finished = True
+            self._active = None
+            if active.startedWriting:  # half a response is out: nothing else can follow
+                self.transport.abortConnection()
+                return
         if self._active is None and not self._queue:
             self._writeError(code)
         else:

@@ -13,6 +13,7 @@ light: request headers stay the parser's list of pairs until something asks for
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from tempfile import SpooledTemporaryFile
 from typing import Any, BinaryIO
 from urllib.parse import parse_qs, unquote_to_bytes, urlsplit
@@ -55,6 +56,9 @@ class Request(ResponseWriter):
         "_args",
         "_content",
         "_bodySize",
+        "_bodyHandlers",
+        "_streaming",
+        "bodyComplete",
     )
 
     def __init__(
@@ -99,6 +103,10 @@ class Request(ResponseWriter):
         self._args: dict[bytes, list[bytes]] | None = None
         self._content: BinaryIO | None = None
         self._bodySize = 0
+        # a resource that streams its body (`streamsBody`) is handed chunks as they arrive
+        self._bodyHandlers: tuple[Callable[[bytes], Any], Callable[[], Any]] | None = None
+        self._streaming = False
+        self.bodyComplete = False
         self._out: Headers | None = None
         self._chunked = False
         self._keep = keepAlive
@@ -203,11 +211,49 @@ class Request(ResponseWriter):
         return scheme + b"://" + host + b"/" + b"/".join(self.prepath)
 
     # -- processing -----------------------------------------------------------------------
-    def process(self) -> None:
-        """Find the resource for this request, render it, and send what it returns."""
+    # -- a body streamed to the resource ----------------------------------------------------
+    def onBody(self, received: Callable[[bytes], Any], complete: Callable[[], Any]) -> None:
+        """For a resource with `streamsBody = True`, rendered as soon as the headers are in:
+        `received(chunk)` for each piece of the body as it arrives (what came before this
+        call first), then `complete()`. `pauseBody()`/`resumeBody()` hold the client back
+        while the resource catches up: the memory it costs stays bounded either way."""
+        self._bodyHandlers = (received, complete)
+        early = self._content
+        if early is not None and early.tell():
+            early.seek(0)
+            received(early.read())
+            early.seek(0)
+            early.truncate()
+        if self.bodyComplete:
+            complete()
+
+    def pauseBody(self) -> None:
+        self.channel.pauseBody()
+
+    def resumeBody(self) -> None:
+        self.channel.resumeBody()
+
+    def _bodyReceived(self, chunk: bytes) -> None:
+        """A piece of the body, from the channel: to the resource's handler, or kept."""
+        if self.finished:
+            return  # answered already: the rest is read and dropped
+        if self._bodyHandlers is not None:
+            self._bodyHandlers[0](chunk)
+        else:
+            self.content.write(chunk)
+
+    def _bodyDone(self) -> None:
+        self.bodyComplete = True
+        if self._bodyHandlers is not None and not self.finished:
+            self._bodyHandlers[1]()
+
+    def process(self, resource: Any = None) -> None:
+        """Find the resource for this request (unless given), render it, and send what it
+        returns."""
         site = self.site
         try:
-            resource = site.getResourceFor(self)
+            if resource is None:
+                resource = site.getResourceFor(self)
             body = resource.render(self)
         except UnsupportedMethod as e:
             self._unsupported(e)

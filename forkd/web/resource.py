@@ -43,6 +43,10 @@ class Resource:
     """A web resource: renders requests and holds child resources."""
 
     isLeaf = False
+    #: rendered as soon as the request's headers are in, and handed the body piece by piece
+    #: (`request.onBody(received, complete)`, `request.pauseBody()`/`resumeBody()`) instead
+    #: of the whole body in `request.content`: an upload costs the worker no buffer at all
+    streamsBody = False
     server: Any = None
 
     def __init__(self) -> None:

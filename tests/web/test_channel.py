@@ -1031,3 +1031,76 @@ def test_a_large_body_is_spooled_to_disk_not_held_in_memory() -> None:
     [response] = responses(transport)
     assert response.status == 200 and response.body == b"200000"
     assert seen[0]._rolled, "over bodyBufferSize, the body went to a temporary file"
+
+
+class Counting(Resource):
+    """Streams its body: counts bytes as they arrive, answers once the body has ended."""
+
+    isLeaf = True
+    streamsBody = True
+
+    def __init__(self, pause_after: int | None = None) -> None:
+        super().__init__()
+        self.chunks: list[bytes] = []
+        self.pause_after = pause_after
+        self.request: Any = None
+
+    def render_POST(self, request: Any) -> Any:
+        self.request = request
+
+        def received(chunk: bytes) -> None:
+            self.chunks.append(chunk)
+            if self.pause_after is not None and len(self.chunks) >= self.pause_after:
+                request.pauseBody()
+
+        def complete() -> None:
+            request.write(b"%d" % sum(len(c) for c in self.chunks))
+            request.finish()
+
+        request.onBody(received, complete)
+        return NOT_DONE_YET
+
+
+def test_a_streaming_resource_gets_the_body_as_it_arrives() -> None:
+    resource = Counting()
+    channel, transport, _ = make(resource)
+    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 30\r\n\r\n")
+    assert resource.request is not None, "rendered at its headers, before the body"
+    channel.dataReceived(b"a" * 10)
+    assert resource.chunks == [b"a" * 10] and transport.value() == b""
+    channel.dataReceived(b"b" * 20)
+    [response] = responses(transport)
+    assert response.status == 200 and response.body == b"30"
+    assert resource.request._content is None, "nothing was buffered on its behalf"
+
+
+def test_a_streamed_chunked_body_and_the_next_request_on_the_connection() -> None:
+    resource = Counting()
+    channel, transport, _ = make(resource)
+    channel.dataReceived(
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n" + GET
+    )
+    first, second = responses(transport)
+    assert first.body == b"11" and second.status == 405  # the next request, parsed whole
+
+
+def test_a_streaming_resource_can_hold_the_client_back() -> None:
+    resource = Counting(pause_after=1)
+    channel, transport, _ = make(resource)
+    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nab")
+    assert transport.producerState == "paused"
+    resource.request.resumeBody()
+    assert transport.producerState == "producing"
+    channel.dataReceived(b"cd")
+    [response] = responses(transport)
+    assert response.body == b"4"
+
+
+def test_a_streamed_body_over_the_limit_is_413_not_a_hang() -> None:
+    resource = Counting()
+    channel, transport, _ = make(resource, maxBodySize=10)
+    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    channel.dataReceived(b"14\r\n" + b"x" * 20 + b"\r\n")
+    [response] = responses(transport)
+    assert response.status == 413
