@@ -3,8 +3,10 @@
     python scripts/fault_scenarios.py            # all of them, about a minute
     python scripts/fault_scenarios.py killstorm  # one
 
-Each scenario is bounded in count and time and stops by itself. Scenario 1, the full log
-disk, is tests/supervisor/test_e2e_full_disk.py (it needs a tmpfs mounted as root).
+Each scenario is bounded in count and time and stops by itself.
+
+- fulldisk:  two reloads under load with the log on a full disk (root: it mounts a tmpfs);
+             a state file that cannot be written is tests/supervisor/test_e2e_full_disk.py.
 
 - emfile:    the master under `ulimit -n 64`, flooded with control connections: its CPU
              over 3 s, the bytes it logged, and status calls answered after the flood.
@@ -18,6 +20,7 @@ disk, is tests/supervisor/test_e2e_full_disk.py (it needs a tmpfs mounted as roo
 from __future__ import annotations
 
 import contextlib
+import os
 import pathlib
 import resource
 import signal
@@ -191,7 +194,40 @@ def emfile(directory: pathlib.Path) -> str:
     )
 
 
+def fulldisk(directory: pathlib.Path) -> str:
+    """Two reloads under load while the log is on a full disk (root: a 512 KiB tmpfs)."""
+    disk = directory / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(disk)]).returncode:
+        return "fulldisk: skipped (cannot mount a tmpfs: needs root)"
+    try:
+        tap, port = echo_tap(directory)
+        with (
+            RunningForkd(tap, "-l", str(disk / "echo.log"), workers=2) as forkd,
+            Load(port) as load,
+        ):
+            workers = forkd.wait_workers(2)
+            filler = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+            for size in (65536, 4096, 1):
+                with contextlib.suppress(OSError):
+                    while True:
+                        os.write(filler, b"x" * size)
+            os.close(filler)
+            for _ in range(2):
+                forkd.signal(signal.SIGHUP)
+                workers = forkd.wait_workers(2, exclude=workers, timeout=30)
+            alive = forkd.process is not None and forkd.process.poll() is None
+            sent, failed = load.sent, load.failed
+    finally:
+        subprocess.run(["umount", "-l", str(disk)])
+    return (
+        f"fulldisk: {sent} requests, {failed} failed across 2 reloads with the log disk full; "
+        f"master {'still serving' if alive else 'GONE'}"
+    )
+
+
 SCENARIOS: dict[str, Callable[[pathlib.Path], str]] = {
+    "fulldisk": fulldisk,
     "emfile": emfile,
     "killstorm": killstorm,
     "stop": stop,
