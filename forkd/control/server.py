@@ -207,10 +207,6 @@ class ControlServer:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path)
 
-    def adopt_reply(self, state: dict[str, Any]) -> Reply:
-        """A Reply for a request accepted by the previous master image (see Reply.detach)."""
-        return Reply.adopt(state)
-
     # -- what the master asks of its control plane ----------------------------------------
     def reexec_state(self) -> dict[str, Any]:
         """Before a re-exec: detach every request still waiting for its answer (the reload
@@ -219,8 +215,12 @@ class ControlServer:
         for reply in list(self.pending_replies):
             if reply.done or not reply.attached:
                 continue
-            with contextlib.suppress(Exception):
+            try:
                 replies.append(reply.detach())
+            except OSError as error:  # its client is gone: nothing waits for the answer
+                log.warning(
+                    "reload: cannot keep the %s request's connection: %s", reply.command, error
+                )
         return {"fds": [entry["fd"] for entry in replies], "replies": replies}
 
     def resume(self, state: dict[str, Any]) -> None:
@@ -228,7 +228,7 @@ class ControlServer:
         ones are answered by `reload_finished`; others cannot be, and are told so."""
         for entry in state.get("replies") or []:
             try:
-                reply = self.adopt_reply(entry)
+                reply = Reply.adopt(entry)  # accepted by the previous image
             except (KeyError, TypeError, ValueError, OSError):
                 continue
             if reply.command == "reload":

@@ -17,7 +17,7 @@ import pytest
 from forkd import tapfile
 from forkd.app import Application
 from forkd.control.client import Connection, ControlError, request
-from forkd.control.reply import CommandError
+from forkd.control.reply import CommandError, Reply
 from forkd.control.server import ControlServer, ControlSocketError
 from forkd.control.wire import MAX_MESSAGE
 from forkd.framing import HEADER, encode
@@ -443,7 +443,7 @@ def test_reply_later_and_across_a_reexec(master: FakeMaster, tmp_path: Any) -> N
         state = kept[0].detach()  # what the old image does before exec
         assert json.loads(json.dumps(state))["id"] == 77
         kept[0]._detached_fd = None  # the old image is gone (exec); the fd lives on
-        adopted = control.adopt_reply(state)  # what the new image does
+        adopted = Reply.adopt(state)  # what the new image does
         adopted(None, {"generation": 2})
         response = read_message(sock)
         sock.close()
