@@ -291,3 +291,12 @@ def test_shell_sessions_are_per_connection(
     assert ctl.call("shell", {"source": "if True:"}) == {"output": "", "more": True}
     with Connection(str(tmp_path / "app.ctl")) as other:
         assert "NameError" in other.call("shell", {"source": "secret"})["output"]
+
+
+def test_append_says_when_the_master_serves_a_port_itself() -> None:
+    """`forkctl append telnet` said "every worker serves it" (issue 9, item 17)."""
+    from forkd.control.commands import append
+
+    ports = [{"key": "tcp:127.0.0.1:4040", "repr": "telnet", "served_by": "master"}]
+    text = append.render({"ports": ports, "seconds": 0.002, "saved": None}, None)  # type: ignore[arg-type]
+    assert "the master serves it itself" in text and "every worker" not in text

@@ -113,3 +113,13 @@ def test_reload_is_refused_while_a_restart_runs_and_with_unsaved_changes(master:
     unsaved = Answers()
     master.reload(False, unsaved)
     assert "unsaved changes" in str(unsaved.calls[0][0])
+
+
+def test_a_refused_reload_is_logged_by_the_master(
+    master: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The "unsaved edits" refusal reached only the forkctl that asked (issue 9, item 17)."""
+    start(master)
+    master.unsaved = True
+    master.reload(False, Answers())
+    assert "reload refused: the running application has unsaved changes" in caplog.text
