@@ -1,0 +1,208 @@
+"""`WSGIResource`: a PEP 3333 application (Flask, Django, ...) as a forkd.web resource.
+
+    from forkd.web.wsgi import WSGIResource
+    site = Site(WSGIResource(flask_app, threads=8))
+
+As Twisted's `twisted.web.wsgi`: the event loop keeps every socket, and the application runs
+in a thread pool of the worker (WSGI is blocking by contract). The request's body is read
+by forkd.web first (spooled to a file beyond `Site.bodyBufferSize`) and given as
+`wsgi.input`; what the application returns or writes is handed back to the loop in order,
+so a slow client costs memory in the loop, never a thread. `close()` is always called on
+the returned iterable; an exception before the response started is a 500, after it the
+connection is aborted (the client must not take half a body for a whole one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from forkd.web.resource import NOT_DONE_YET, Resource
+
+__all__ = ["WSGIResource"]
+
+log = logging.getLogger("forkd.web.wsgi")
+
+# RFC 9110 7.6.1: connection-specific fields, which only the server may send (PEP 3333)
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+     "trailers", "transfer-encoding", "upgrade"}
+)  # fmt: skip
+
+WSGIApplication = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class _Errors(io.TextIOBase):
+    """`wsgi.errors`: what the application writes goes to forkd's log, line by line."""
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            if line.strip():
+                log.error("%s", line)
+        return len(text)
+
+
+class WSGIResource(Resource):
+    """Renders every request below it with a WSGI application, in `threads` threads."""
+
+    isLeaf = True
+
+    def __init__(self, application: WSGIApplication, threads: int = 8) -> None:
+        super().__init__()
+        self.application = application
+        self.threads = threads
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __getstate__(self) -> dict[str, Any]:  # a tap pickles the application, not threads
+        state = self.__dict__.copy()
+        state["_pool"] = None
+        return state
+
+    def render(self, request: Any) -> Any:
+        if self._pool is None:  # made in the worker, after fork: threads do not survive it
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="wsgi")
+        response = _Response(self.application, request, asyncio.get_running_loop())
+        self._pool.submit(response.run)
+        return NOT_DONE_YET
+
+
+def environ_for(request: Any) -> dict[str, Any]:
+    """The PEP 3333 environ of a forkd.web request (native strings, latin-1 as the PEP says)."""
+    host = request.getHost()
+    peer = request.getClientAddress()
+    prepath = b"/" + b"/".join(request.prepath) if request.prepath else b""
+    path = request.path
+    script = prepath.rstrip(b"/") if prepath not in (b"", b"/") else b""
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": request.method.decode("latin-1"),
+        "SCRIPT_NAME": script.decode("latin-1"),
+        "PATH_INFO": path[len(script) :].decode("latin-1"),
+        "QUERY_STRING": request.query.decode("latin-1"),
+        "SERVER_NAME": request.getRequestHostname().decode("latin-1"),
+        "SERVER_PORT": str(host[2]) if len(host) > 2 else "",
+        "SERVER_PROTOCOL": request.clientproto.decode("latin-1"),
+        "REMOTE_ADDR": str(peer[1]) if len(peer) > 1 else "",
+        "REMOTE_PORT": str(peer[2]) if len(peer) > 2 else "",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "https" if request.isSecure() else "http",
+        "wsgi.input": request.content,
+        "wsgi.input_terminated": True,  # the whole body is in: read() to EOF is safe
+        "wsgi.errors": _Errors(),
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+    }
+    for name, values in request.requestHeaders.getAllRawHeaders():
+        key = name.decode("latin-1").upper().replace("-", "_")
+        value = ",".join(v.decode("latin-1") for v in values)
+        if key == "CONTENT_TYPE" or key == "CONTENT_LENGTH":
+            environ[key] = value
+        else:
+            environ["HTTP_" + key] = value
+    return environ
+
+
+class _Response:
+    """One request's run of the application in a thread, and its way back to the loop."""
+
+    def __init__(self, application: WSGIApplication, request: Any, loop: Any) -> None:
+        self.application = application
+        self.request = request
+        self.loop = loop
+        self.environ = environ_for(request)
+        self.status: str | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.started = False  # status and headers handed to the loop
+
+    def _in_loop(self, call: Callable[..., Any], *args: Any) -> None:
+        self.loop.call_soon_threadsafe(call, *args)
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], None]:
+        if exc_info is not None:
+            try:
+                if self.started:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None  # PEP 3333: no reference cycle through the traceback
+        elif self.status is not None:
+            raise AssertionError("start_response called a second time without exc_info")
+        if not isinstance(status, str) or len(status) < 3 or not status[:3].isdigit():
+            raise ValueError(f"bad WSGI status {status!r}")
+        for name, value in headers:
+            if not isinstance(name, str) or not isinstance(value, str):
+                raise TypeError(f"WSGI header {name!r}: {value!r}: names and values are str")
+            if name.lower() in HOP_BY_HOP:
+                raise ValueError(f"a WSGI application may not set the {name} header")
+        self.status, self.headers = status, list(headers)
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        """The `write()` callable, and every chunk of the returned iterable."""
+        if self.status is None:
+            raise AssertionError("write() before start_response")
+        if not isinstance(data, (bytes, bytearray)):
+            raise TypeError(f"a WSGI application must write bytes, not {type(data).__name__}")
+        self._start()
+        if data:
+            self._in_loop(self._write, bytes(data))
+
+    def _start(self) -> None:
+        if not self.started:
+            self.started = True
+            self._in_loop(self._send_head, self.status, self.headers)
+
+    def run(self) -> None:
+        try:
+            result = self.application(self.environ, self.start_response)
+            try:
+                for chunk in result:
+                    self.write(chunk)
+                if self.status is None:
+                    raise AssertionError("the application returned without start_response")
+                self._start()
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+        except Exception:
+            log.exception("WSGI application failed on %s", self.environ.get("PATH_INFO"))
+            self._in_loop(self._fail, self.started)
+            return
+        self._in_loop(self._finish)
+
+    # -- in the loop ----------------------------------------------------------------------
+    def _send_head(self, status: str, headers: list[tuple[str, str]]) -> None:
+        request = self.request
+        if request.finished or request._disconnected:
+            return
+        request.setResponseCode(int(status[:3]), status[4:].encode("latin-1") or None)
+        for name, value in headers:
+            request.responseHeaders.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+
+    def _write(self, data: bytes) -> None:
+        request = self.request
+        if not request.finished and not request._disconnected:
+            request.write(data)
+
+    def _finish(self) -> None:
+        request = self.request
+        if not request.finished and not request._disconnected:
+            request.finish()
+
+    def _fail(self, started: bool) -> None:
+        request = self.request
+        if request.finished or request._disconnected:
+            return
+        if started:  # half a body is out: a client must not take it for a whole one
+            request.channel.transport.abortConnection()
+            return
+        request.setResponseCode(500)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.write(b"500 Internal Server Error\n")
+        request.finish()

@@ -1,0 +1,179 @@
+"""forkd.web.wsgi: real WSGI applications (Flask, and wsgiref's validator) on forkd.web."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+from wsgiref.validate import validator
+
+import flask
+import pytest
+
+from forkd.web import server
+from forkd.web.wsgi import WSGIResource, environ_for
+from tests.webserving import get, request, serving
+
+
+def flask_app() -> flask.Flask:
+    app = flask.Flask("forkd-test")
+
+    @app.get("/hello")
+    def hello() -> Any:
+        return {"hello": "world", "thread": threading.current_thread().name}
+
+    @app.post("/echo")
+    def echo() -> Any:
+        return {"got": flask.request.get_json(), "length": flask.request.content_length}
+
+    @app.get("/stream")
+    def stream() -> Any:
+        return flask.Response((b"chunk %d\n" % n for n in range(3)), mimetype="text/plain")
+
+    @app.get("/boom")
+    def boom() -> Any:
+        raise RuntimeError("the application broke")
+
+    @app.get("/missing")
+    def missing() -> Any:
+        flask.abort(404)
+
+    return app
+
+
+@pytest.fixture
+def port() -> Iterator[int]:
+    with serving(server.Site(WSGIResource(flask_app(), threads=2))) as site:
+        yield site.port
+
+
+def test_flask_json_in_a_thread_of_the_pool(port: int) -> None:
+    response = get(port, b"/hello")
+    assert response.status == 200
+    body = json.loads(response.body)
+    assert body["hello"] == "world" and body["thread"].startswith("wsgi")
+    assert response.headers[b"content-type"] == b"application/json"
+
+
+def test_flask_post_json_body(port: int) -> None:
+    payload = json.dumps({"a": [1, 2, 3]}).encode()
+    response = request(
+        port,
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload),
+    )
+    assert response.status == 200
+    assert json.loads(response.body) == {"got": {"a": [1, 2, 3]}, "length": len(payload)}
+
+
+def test_a_streamed_response_arrives_whole_and_chunked(port: int) -> None:
+    response = get(port, b"/stream")
+    assert response.status == 200 and response.body == b"chunk 0\nchunk 1\nchunk 2\n"
+
+
+def test_an_application_error_is_a_500_and_the_worker_keeps_serving(port: int) -> None:
+    assert get(port, b"/boom").status == 500
+    assert get(port, b"/missing").status == 404
+    assert get(port, b"/hello").status == 200
+
+
+def test_head_has_no_body(port: int) -> None:
+    response = request(port, b"HEAD /hello HTTP/1.1\r\nHost: x\r\n\r\n", head=True)
+    assert response.status == 200 and response.body == b""
+
+
+def simple_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    body = b"%s %s %s" % (
+        environ["REQUEST_METHOD"].encode(),
+        environ["PATH_INFO"].encode(),
+        environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)),
+    )
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def test_pep_3333_holds_under_wsgiref_validator() -> None:
+    """wsgiref's validator asserts the environ, start_response and iterable rules."""
+    with serving(server.Site(WSGIResource(validator(simple_app)))) as site:
+        assert get(site.port, b"/a/b?q=1").body == b"GET /a/b "
+        posted = request(site.port, b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+        assert posted.status == 200 and posted.body == b"POST /p abc"
+
+
+def test_the_environ_keeps_content_headers_out_of_http_keys() -> None:
+    class Fake:
+        method, path, query, clientproto = b"POST", b"/x", b"a=1", b"HTTP/1.1"
+        prepath: list[bytes] = []
+        content = None
+
+        class requestHeaders:  # noqa: N801
+            @staticmethod
+            def getAllRawHeaders() -> Any:
+                return iter([(b"content-type", [b"text/plain"]), (b"x-thing", [b"1", b"2"])])
+
+        def getHost(self) -> Any:
+            return ("INET", "127.0.0.1", 8080)
+
+        def getClientAddress(self) -> Any:
+            return ("INET", "127.0.0.1", 5555)
+
+        def getRequestHostname(self) -> bytes:
+            return b"example.com"
+
+        def isSecure(self) -> bool:
+            return False
+
+    environ = environ_for(Fake())
+    assert environ["CONTENT_TYPE"] == "text/plain" and "HTTP_CONTENT_TYPE" not in environ
+    assert environ["HTTP_X_THING"] == "1,2" and environ["SERVER_PORT"] == "8080"
+    assert environ["PATH_INFO"] == "/x" and environ["SCRIPT_NAME"] == ""
+    assert environ["QUERY_STRING"] == "a=1" and environ["SERVER_NAME"] == "example.com"
+
+
+FLASK_APP = """
+import os
+import flask
+
+app = flask.Flask(__name__)
+
+
+@app.get("/")
+def index():
+    return {"pid": os.getpid(), "answer": 42}
+"""
+
+
+@pytest.mark.e2e
+def test_a_flask_app_served_by_forkd_start_from_a_wsgi_tap(tmp_path: Any) -> None:
+    import urllib.request
+
+    from forkd.testing import RunningForkd, free_port, make_tap, run_forkd
+
+    (tmp_path / "flaskapp.py").write_text(FLASK_APP)
+    port = free_port()
+    tap = make_tap(
+        tmp_path / "wsgi.tap",
+        "wsgi",
+        *("--app", "flaskapp:app", "--port", str(port), "--pythonpath", str(tmp_path)),
+    )
+    with RunningForkd(tap, workers=2) as forkd:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
+            body = json.loads(response.read())
+        assert body["answer"] == 42 and body["pid"] in forkd.worker_pids()
+    # an application that no longer imports fails the start with its own error
+    (tmp_path / "flaskapp.py").write_text("raise ImportError('the database driver is gone')\n")
+    failed = run_forkd("start", tap, "-n", "-w", "1", timeout=60)
+    assert failed.returncode == 1 and "the database driver is gone" in failed.stderr
+
+
+def test_mktap_wsgi_refuses_an_app_that_does_not_resolve(tmp_path: Any) -> None:
+    from forkd import taps
+    from forkd.usage import UsageError
+
+    module = taps.load("wsgi")
+    config = taps.make_options(module, "wsgi")
+    with pytest.raises(UsageError, match="--app nosuchmodule:app: ModuleNotFoundError"):
+        config.parseOptions(["--app", "nosuchmodule:app", "--pythonpath", str(tmp_path)])
+    with pytest.raises(UsageError, match="MODULE:ATTRIBUTE"):
+        taps.make_options(module, "wsgi").parseOptions(["--app", "justamodule"])
