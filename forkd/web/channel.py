@@ -271,6 +271,7 @@ class HTTPChannel(Protocol):
             request._bodyDone()
             return
         stats.requests += 1
+        request.bodyComplete = True
         if request._content is not None:
             request._content.seek(0)
         if self._active is None and not self._queue:
@@ -322,6 +323,7 @@ class HTTPChannel(Protocol):
         active = self._active
         if active is not None and active._streaming and not active.bodyComplete:
             # the resource waits for a body that will not come: it is not answered further
+            active._bodyFailed()
             active.finished = True
             self._active = None
             if active.startedWriting:  # half a response is out: nothing else can follow

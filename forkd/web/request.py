@@ -104,7 +104,9 @@ class Request(ResponseWriter):
         self._content: BinaryIO | None = None
         self._bodySize = 0
         # a resource that streams its body (`streamsBody`) is handed chunks as they arrive
-        self._bodyHandlers: tuple[Callable[[bytes], Any], Callable[[], Any]] | None = None
+        self._bodyHandlers: (
+            tuple[Callable[[bytes], Any], Callable[[], Any], Callable[[], Any] | None] | None
+        ) = None
         self._streaming = False
         self.bodyComplete = False
         self._out: Headers | None = None
@@ -212,18 +214,26 @@ class Request(ResponseWriter):
 
     # -- processing -----------------------------------------------------------------------
     # -- a body streamed to the resource ----------------------------------------------------
-    def onBody(self, received: Callable[[bytes], Any], complete: Callable[[], Any]) -> None:
+    def onBody(
+        self,
+        received: Callable[[bytes], Any],
+        complete: Callable[[], Any],
+        failed: Callable[[], Any] | None = None,
+    ) -> None:
         """For a resource with `streamsBody = True`, rendered as soon as the headers are in:
         `received(chunk)` for each piece of the body as it arrives (what came before this
-        call first), then `complete()`. `pauseBody()`/`resumeBody()` hold the client back
-        while the resource catches up: the memory it costs stays bounded either way."""
-        self._bodyHandlers = (received, complete)
-        early = self._content
-        if early is not None and early.tell():
+        call first), then `complete()`, or `failed()` if the body will never be whole (the
+        client went away, or sent more than Site.maxBodySize). `pauseBody()`/`resumeBody()`
+        hold the client back while the resource catches up."""
+        self._bodyHandlers = (received, complete, failed)
+        early = self._content  # what came before: all of it, if the body is already in
+        if early is not None:
             early.seek(0)
-            received(early.read())
+            data = early.read()
             early.seek(0)
             early.truncate()
+            if data:
+                received(data)
         if self.bodyComplete:
             complete()
 
@@ -246,6 +256,12 @@ class Request(ResponseWriter):
         self.bodyComplete = True
         if self._bodyHandlers is not None and not self.finished:
             self._bodyHandlers[1]()
+
+    def _bodyFailed(self) -> None:
+        """The rest of a streamed body will not come: tell the resource, once."""
+        handlers, self._bodyHandlers = self._bodyHandlers, None
+        if handlers is not None and not self.bodyComplete and handlers[2] is not None:
+            handlers[2]()
 
     def process(self, resource: Any = None) -> None:
         """Find the resource for this request (unless given), render it, and send what it

@@ -327,6 +327,7 @@ class ResponseWriter:
 
     def _connectionLost(self, reason: BaseException) -> None:
         self._disconnected = True
+        self._bodyFailed()  # type: ignore[attr-defined]  # Request's: a streamed body ends
         if self._sender is not None:
             self._sender.stop()
             self._sender = None

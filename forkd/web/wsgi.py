@@ -4,10 +4,11 @@
     site = Site(WSGIResource(flask_app, threads=8))
 
 As Twisted's `twisted.web.wsgi`: the event loop keeps every socket, and the application runs
-in a thread pool of the worker (WSGI is blocking by contract). The request's body is read
-by forkd.web first (spooled to a file beyond `Site.bodyBufferSize`) and given as
-`wsgi.input`; what the application returns or writes is handed back to the loop in order,
-so a slow client costs memory in the loop, never a thread. `close()` is always called on
+in a thread pool of the worker (WSGI is blocking by contract). It starts as soon as the
+request's headers are in, and reads the body as it arrives (`wsgi.input`, a `BodyInput`:
+bounded, the client paused while the application is behind); what the application
+returns or writes is handed back to the loop in order, so a slow reader costs memory in
+the loop, never a thread. `close()` is always called on
 the returned iterable; an exception before the response started is a 500, after it the
 connection is aborted (the client must not take half a body for a whole one).
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -46,10 +48,89 @@ class _Errors(io.TextIOBase):
         return len(text)
 
 
+class BodyInput:
+    """`wsgi.input`: the request body as it arrives, read by the application's thread.
+
+    The loop feeds it (`feed`, `end`, `fail`); a thread reads it, waiting for more when it
+    has caught up. Beyond `limit` bytes not yet read the client is paused, and resumed once
+    the application has read half of it: the body is streamed, and bounded, and a
+    multi-MiB upload costs neither a buffer of its size nor a thread while it trickles in."""
+
+    def __init__(self, request: Any, loop: Any, limit: int = 256 * 1024) -> None:
+        self.request = request
+        self.loop = loop
+        self.limit = limit
+        self._chunks = bytearray()
+        self._ended = False
+        self._failed = False
+        self._paused = False
+        self._ready = threading.Condition()
+
+    # -- the loop's side ------------------------------------------------------------------
+    def feed(self, chunk: bytes) -> None:
+        with self._ready:
+            self._chunks += chunk
+            if len(self._chunks) > self.limit and not self._paused:
+                self._paused = True
+                self.request.pauseBody()
+            self._ready.notify_all()
+
+    def end(self) -> None:
+        with self._ready:
+            self._ended = True
+            self._ready.notify_all()
+
+    def fail(self) -> None:
+        with self._ready:
+            self._failed = self._ended = True
+            self._ready.notify_all()
+
+    # -- the application's side -----------------------------------------------------------
+    def _take(self, size: int, upto: bytes | None = None) -> bytes:
+        with self._ready:
+            while True:
+                if self._failed:
+                    raise OSError("the client went away before the request body was whole")
+                end = len(self._chunks) if size < 0 else size
+                if upto is not None:
+                    found = self._chunks.find(upto, 0, end if size >= 0 else None)
+                    if found >= 0:
+                        end = found + len(upto)
+                        break
+                if self._ended or (size >= 0 and len(self._chunks) >= size):
+                    break
+                self._ready.wait()
+            data = bytes(self._chunks[:end])
+            del self._chunks[:end]
+            if self._paused and len(self._chunks) <= self.limit // 2:
+                self._paused = False
+                self.loop.call_soon_threadsafe(self.request.resumeBody)
+            return data
+
+    def read(self, size: int | None = -1) -> bytes:
+        return self._take(-1 if size is None else size)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return self._take(-1 if size is None else size, upto=b"\n")
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        lines, total = [], 0
+        while line := self.readline():
+            lines.append(line)
+            total += len(line)
+            if 0 <= hint <= total:
+                break
+        return lines
+
+    def __iter__(self) -> Any:
+        return iter(self.readline, b"")
+
+
 class WSGIResource(Resource):
     """Renders every request below it with a WSGI application, in `threads` threads."""
 
     isLeaf = True
+    streamsBody = True  # the application reads the body as it arrives (wsgi.input)
 
     def __init__(self, application: WSGIApplication, threads: int = 8) -> None:
         super().__init__()
@@ -65,12 +146,15 @@ class WSGIResource(Resource):
     def render(self, request: Any) -> Any:
         if self._pool is None:  # made in the worker, after fork: threads do not survive it
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="wsgi")
-        response = _Response(self.application, request, asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        body = BodyInput(request, loop)
+        request.onBody(body.feed, body.end, body.fail)
+        response = _Response(self.application, request, loop, body)
         self._pool.submit(response.run)
         return NOT_DONE_YET
 
 
-def environ_for(request: Any) -> dict[str, Any]:
+def environ_for(request: Any, body: Any = None) -> dict[str, Any]:
     """The PEP 3333 environ of a forkd.web request (native strings, latin-1 as the PEP says)."""
     host = request.getHost()
     peer = request.getClientAddress()
@@ -89,8 +173,8 @@ def environ_for(request: Any) -> dict[str, Any]:
         "REMOTE_PORT": str(peer[2]) if len(peer) > 2 else "",
         "wsgi.version": (1, 0),
         "wsgi.url_scheme": "https" if request.isSecure() else "http",
-        "wsgi.input": request.content,
-        "wsgi.input_terminated": True,  # the whole body is in: read() to EOF is safe
+        "wsgi.input": request.content if body is None else body,
+        "wsgi.input_terminated": True,  # read() to EOF ends with the body, chunked or not
         "wsgi.errors": _Errors(),
         "wsgi.multithread": True,
         "wsgi.multiprocess": True,
@@ -109,11 +193,13 @@ def environ_for(request: Any) -> dict[str, Any]:
 class _Response:
     """One request's run of the application in a thread, and its way back to the loop."""
 
-    def __init__(self, application: WSGIApplication, request: Any, loop: Any) -> None:
+    def __init__(
+        self, application: WSGIApplication, request: Any, loop: Any, body: BodyInput
+    ) -> None:
         self.application = application
         self.request = request
         self.loop = loop
-        self.environ = environ_for(request)
+        self.environ = environ_for(request, body)
         self.status: str | None = None
         self.headers: list[tuple[str, str]] = []
         self.started = False  # status and headers handed to the loop

@@ -13,7 +13,8 @@ import pytest
 
 from forkd.web import server
 from forkd.web.wsgi import WSGIResource, environ_for
-from tests.webserving import get, request, serving
+from tests.webserving import ResponseReader, get, request, serving
+from tests.webserving import connect as connect_socket
 
 
 def flask_app() -> flask.Flask:
@@ -177,3 +178,53 @@ def test_mktap_wsgi_refuses_an_app_that_does_not_resolve(tmp_path: Any) -> None:
         config.parseOptions(["--app", "nosuchmodule:app", "--pythonpath", str(tmp_path)])
     with pytest.raises(UsageError, match="MODULE:ATTRIBUTE"):
         taps.make_options(module, "wsgi").parseOptions(["--app", "justamodule"])
+
+
+def counting_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """Reads wsgi.input in 64 KiB pieces to EOF and says how much and how many pieces."""
+    total = pieces = 0
+    while chunk := environ["wsgi.input"].read(65536):
+        total += len(chunk)
+        pieces += 1
+    body = b"%d %d" % (total, pieces)
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+
+
+def test_an_upload_of_several_mib_is_streamed_to_the_application() -> None:
+    site = server.Site(WSGIResource(counting_app, threads=1))
+    site.maxBodySize = 16 << 20
+    with serving(site) as served:
+        size = 6 << 20
+        with connect_socket(served.port) as sock:
+            sock.sendall(b"PUT /u HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+            for _ in range(size // 65536):
+                sock.sendall(b"u" * 65536)
+            response = ResponseReader(sock).read()
+        assert response.status == 200
+        total, pieces = response.body.split()
+        assert int(total) == size and int(pieces) > 1
+
+
+def test_chunked_and_empty_bodies_end_wsgi_input() -> None:
+    with serving(server.Site(WSGIResource(counting_app))) as served:
+        chunked = request(
+            served.port,
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+        )
+        assert chunked.body.split()[0] == b"5"
+        empty = request(served.port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        assert empty.body == b"0 0"
+
+
+def test_a_client_that_leaves_mid_body_frees_the_thread() -> None:
+    """The one thread is blocked in read(); the client goes: the read fails, the thread is
+    free for the next request."""
+    with serving(server.Site(WSGIResource(counting_app, threads=1))) as served:
+        with connect_socket(served.port) as sock:
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\nab")
+        assert (
+            request(served.port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok").body
+            == b"2 1"
+        )
