@@ -16,7 +16,8 @@ import sys
 from typing import Any
 
 from forkd import usage
-from forkd.ports import TCPPort
+from forkd.app import Application
+from forkd.ports import TCPPort, UNIXPort
 from forkd.web.resource import Resource
 from forkd.web.server import Site
 from forkd.web.wsgi import WSGIResource
@@ -97,6 +98,29 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"--app {self['app']}: {type(error).__name__}: {error}"
             ) from None
+
+
+def parse_bind(text: str, factory: Any) -> Any:
+    """A gunicorn `--bind`: HOST:PORT, [IPV6]:PORT, :PORT or unix:PATH."""
+    if text.startswith("unix:"):
+        return UNIXPort(text[len("unix:") :], factory)
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"bad --bind {text!r}: give HOST:PORT, [::1]:PORT or unix:PATH")
+    return TCPPort(int(port), factory, interface=host.strip("[]"))
+
+
+def serve_application(
+    app: str, binds: list[str], threads: int, pythonpath: str, name: str
+) -> Application:
+    """The Application `forkd serve MODULE:APP --bind ...` runs: one WSGISite on every bind
+    (checked to resolve first, as `mktap wsgi` does)."""
+    load_application(app, pythonpath)
+    site = WSGISite(app, pythonpath, threads)
+    application = Application(name)
+    for bind in binds:
+        application.addPort(parse_bind(bind, site))
+    return application
 
 
 def getPorts(app: Any, config: Any) -> list[tuple[Any, Site]]:

@@ -4,6 +4,7 @@
                 [-g GROUP] [--graceful-timeout S] [--timeout S] [--no-save]
     forkd stop FILE.tap [--now] [--pidfile P]
     forkd status FILE.tap [--pidfile P] [--control P] [--json]
+    forkd serve MODULE:APP [--bind ADDR]... [-w N] [--threads N] [--tap FILE] [-D]
 
 `start` daemonizes unless -n and returns only once every port is bound and every worker is
 ready (exit 0); otherwise it prints the reason on one line and exits 1. Exit 2: bad usage.
@@ -82,6 +83,35 @@ def parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--no-save", action="store_true", help="do not write <base>-shutdown.tap on stop"
     )
+    serve = add_command(
+        commands,
+        "serve",
+        help="serve a WSGI application, as gunicorn MODULE:APP does (writes its tap first)",
+    )
+    serve.add_argument("app", metavar="MODULE:APP", help="myproject.wsgi:application")
+    serve.add_argument(
+        "-b",
+        "--bind",
+        action="append",
+        metavar="ADDR",
+        help="HOST:PORT, [::1]:PORT or unix:PATH; repeatable "
+        "(default 127.0.0.1:8000, or 0.0.0.0:$PORT when PORT is set)",
+    )
+    serve.add_argument(
+        "-w",
+        "--workers",
+        type=worker_count,
+        default=None,
+        help="worker processes (default: $WEB_CONCURRENCY, else the number of CPUs)",
+    )
+    serve.add_argument("--threads", type=worker_count, default=8, help="per worker (default 8)")
+    serve.add_argument("--tap", metavar="FILE", help="the tap to write (default MODULE.tap)")
+    serve.add_argument("--chdir", metavar="DIR", help="change to DIR first")
+    serve.add_argument("--pythonpath", metavar="DIR", help="import MODULE from DIR (default .)")
+    serve.add_argument("-D", "--daemon", action="store_true", help="detach (default: foreground)")
+    serve.add_argument("-l", "--logfile", metavar="LOG", help="log file, or - (default)")
+    serve.add_argument("--pidfile", metavar="P")
+    serve.add_argument("--control", metavar="P")
     stop = add_command(commands, "stop", help="stop the server of FILE.tap")
     stop.add_argument("tap", metavar="FILE.tap")
     stop.add_argument("--now", action="store_true", help="fast stop: do not drain")
@@ -117,6 +147,48 @@ def start(args: argparse.Namespace, argv: list[str]) -> int:
         graceful_timeout=args.graceful_timeout,
         timeout=args.timeout,
         save_on_stop=not args.no_save,
+        argv=argv,
+    )
+    try:
+        return startup.start(options)
+    except startup.StartError as error:
+        raise Failure(str(error)) from None
+
+
+def serve(args: argparse.Namespace, argv: list[str]) -> int:
+    """gunicorn's `MODULE:APP` line: write the tap (so forkctl reload, save and shell work
+    on it), then start it as `forkd start` does."""
+    from forkd.supervisor import startup
+    from workers import wsgi
+
+    if args.chdir:
+        try:
+            os.chdir(args.chdir)
+        except OSError as error:
+            raise Failure(f"cannot change to {args.chdir}: {error.strerror or error}") from None
+    module = args.app.partition(":")[0]
+    tap = os.path.abspath(args.tap or f"{module.rpartition('.')[2] or 'app'}.tap")
+    binds = args.bind or (
+        [f"0.0.0.0:{os.environ['PORT']}"] if os.environ.get("PORT") else ["127.0.0.1:8000"]
+    )
+    workers = args.workers
+    if workers is None and os.environ.get("WEB_CONCURRENCY", "").isdigit():
+        workers = int(os.environ["WEB_CONCURRENCY"]) or None
+    try:
+        application = wsgi.serve_application(
+            args.app, binds, args.threads, os.path.abspath(args.pythonpath or "."), module
+        )
+    except Exception as error:  # the application's own import error, or a bad --bind
+        raise Failure(f"{args.app}: {type(error).__name__}: {error}") from None
+    application.tapfile = tap
+    application.save()
+    options = startup.StartOptions(
+        tap=tap,
+        nodaemon=not args.daemon,
+        logfile=args.logfile,
+        workers=workers,
+        pidfile=args.pidfile,
+        control=args.control,
         argv=argv,
     )
     try:
@@ -215,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "start":
             return start(args, argv)
+        if args.command == "serve":
+            return serve(args, argv)
         if args.command == "stop":
             return stop(args)
         if args.command == "check":

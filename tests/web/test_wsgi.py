@@ -228,3 +228,47 @@ def test_a_client_that_leaves_mid_body_frees_the_thread() -> None:
             request(served.port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok").body
             == b"2 1"
         )
+
+
+@pytest.mark.e2e
+def test_forkd_serve_module_app_as_gunicorn_does_with_forkctl_reload(tmp_path: Any) -> None:
+    """`forkd serve flaskapp:app --bind ...`: the tap is written beside, forkctl works on
+    it, TERM stops it."""
+    import signal
+    import subprocess
+    import urllib.request
+
+    from forkd.testing import forkctl, forkd_command, forkd_env, free_port, wait_for
+
+    (tmp_path / "flaskapp.py").write_text(FLASK_APP)
+    port = free_port()
+    env = forkd_env()
+    env["WEB_CONCURRENCY"] = "2"
+    process = subprocess.Popen(
+        forkd_command("serve", "flaskapp:app", "--bind", f"127.0.0.1:{port}"),
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def answer() -> Any:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                return json.loads(response.read())
+        except OSError:
+            return None
+
+    try:
+        assert wait_for(answer, 30, message="forkd serve to answer")["answer"] == 42
+        assert (tmp_path / "flaskapp.tap").exists()
+        ctl = str(tmp_path / "flaskapp.ctl")
+        status = forkctl(ctl, "status", "--json")
+        assert len(json.loads(status.stdout)["workers"]) == 2, status.stderr
+        reloaded = forkctl(ctl, "reload")
+        assert reloaded.returncode == 0, reloaded.stderr
+        assert answer()["answer"] == 42
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(30)
+    assert code == 0, process.stderr.read() if process.stderr else ""
