@@ -52,6 +52,16 @@ def echo(port: int) -> bool:
         return False
 
 
+def status_answers(ctl: str, calls: int) -> int:
+    """How many of `calls` forkctl-style status requests the master answers."""
+    answered = 0
+    for _ in range(calls):
+        with contextlib.suppress(ControlError):
+            request(ctl, "status", timeout=5)
+            answered += 1
+    return answered
+
+
 class Load:
     """Fresh-connection echo requests in a thread until stopped: counts sent and failed."""
 
@@ -137,13 +147,7 @@ def clients(directory: pathlib.Path) -> str:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.connect(ctl)
             leaked.append(sock)
-        answered = 0
-        for _ in range(20):
-            try:
-                request(ctl, "status", timeout=5)
-                answered += 1
-            except ControlError:
-                pass
+        answered = status_answers(ctl, 20)
         for sock in leaked:
             sock.close()
     return f"clients: {answered} of 20 status calls answered with 200 idle clients"
@@ -178,13 +182,7 @@ def emfile(directory: pathlib.Path) -> str:
         logged = log.stat().st_size - before_log
         for sock in flood:
             sock.close()
-        answered = 0
-        for _ in range(5):
-            try:
-                request(ctl, "status", timeout=5)
-                answered += 1
-            except ControlError:
-                pass
+        answered = status_answers(ctl, 5)
     finally:
         process.terminate()
         process.wait(30)

@@ -24,6 +24,7 @@ from forkd import tapfile
 from forkd.cli import add_command, parse_command, positive_seconds
 from forkd.control.client import ControlError, request
 from forkd.control.commands.status import table as status_table
+from forkd.supervisor import startup
 from forkd.supervisor.master import DEFAULT_GRACEFUL_TIMEOUT, DEFAULT_TIMEOUT
 from forkd.tapfile import beside
 
@@ -132,9 +133,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 # -- start ---------------------------------------------------------------------------------
-def start(args: argparse.Namespace, argv: list[str]) -> int:
-    from forkd.supervisor import startup
+def run(options: startup.StartOptions) -> int:
+    """`forkd start` or `forkd serve`, once the options are known (forkd.supervisor.startup)."""
+    try:
+        return startup.start(options)
+    except startup.StartError as error:
+        raise Failure(str(error)) from None
 
+
+def start(args: argparse.Namespace, argv: list[str]) -> int:
     options = startup.StartOptions(
         tap=args.tap,
         nodaemon=args.nodaemon,
@@ -149,17 +156,13 @@ def start(args: argparse.Namespace, argv: list[str]) -> int:
         save_on_stop=not args.no_save,
         argv=argv,
     )
-    try:
-        return startup.start(options)
-    except startup.StartError as error:
-        raise Failure(str(error)) from None
+    return run(options)
 
 
 def serve(args: argparse.Namespace, argv: list[str]) -> int:
     """gunicorn's `MODULE:APP` line: write the tap (so forkctl reload, save and shell work
     on it), then start it as `forkd start` does."""
-    from forkd.supervisor import startup
-    from workers import wsgi
+    from workers import wsgi  # imported when used: the tap module imports the framework
 
     if args.chdir:
         try:
@@ -191,10 +194,7 @@ def serve(args: argparse.Namespace, argv: list[str]) -> int:
         control=args.control,
         argv=argv,
     )
-    try:
-        return startup.start(options)
-    except startup.StartError as error:
-        raise Failure(str(error)) from None
+    return run(options)
 
 
 # -- stop and status -----------------------------------------------------------------------
@@ -278,7 +278,7 @@ def check(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from forkd.supervisor import resume, startup
+    from forkd.supervisor import resume
 
     state = resume.read_state()
     if state is not None:
