@@ -162,7 +162,7 @@ def start(args: argparse.Namespace, argv: list[str]) -> int:
 def serve(args: argparse.Namespace, argv: list[str]) -> int:
     """gunicorn's `MODULE:APP` line: write the tap (so forkctl reload, save and shell work
     on it), then start it as `forkd start` does."""
-    from workers import wsgi  # imported when used: the tap module imports the framework
+    from workers import wsgi  # only serve needs the WSGI machinery
 
     if args.chdir:
         try:
