@@ -181,6 +181,8 @@ def environ_for(request: Any, body: Any = None) -> dict[str, Any]:
         "wsgi.run_once": False,
     }
     for name, values in request.requestHeaders.getAllRawHeaders():
+        if b"_" in name:  # X_User would pass for X-User in the environ (gunicorn drops them)
+            continue
         key = name.decode("latin-1").upper().replace("-", "_")
         value = ",".join(v.decode("latin-1") for v in values)
         if key == "CONTENT_TYPE" or key == "CONTENT_LENGTH":
