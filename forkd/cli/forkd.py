@@ -87,7 +87,7 @@ def parser() -> argparse.ArgumentParser:
     serve = add_command(
         commands,
         "serve",
-        help="serve a WSGI application, as gunicorn MODULE:APP does (writes its tap first)",
+        help="serve a WSGI or ASGI application, as gunicorn or uvicorn MODULE:APP does",
     )
     serve.add_argument("app", metavar="MODULE:APP", help="myproject.wsgi:application")
     serve.add_argument(
@@ -106,6 +106,12 @@ def parser() -> argparse.ArgumentParser:
         help="worker processes (default: $WEB_CONCURRENCY, else the number of CPUs)",
     )
     serve.add_argument("--threads", type=worker_count, default=8, help="per worker (default 8)")
+    serve.add_argument(
+        "--interface",
+        choices=("auto", "wsgi", "asgi"),
+        default="auto",
+        help="the application's kind (default: asgi for a coroutine callable, else wsgi)",
+    )
     serve.add_argument("--tap", metavar="FILE", help="the tap to write (default MODULE.tap)")
     serve.add_argument("--chdir", metavar="DIR", help="change to DIR first")
     serve.add_argument("--pythonpath", metavar="DIR", help="import MODULE from DIR (default .)")
@@ -162,7 +168,7 @@ def start(args: argparse.Namespace, argv: list[str]) -> int:
 def serve(args: argparse.Namespace, argv: list[str]) -> int:
     """gunicorn's `MODULE:APP` line: write the tap (so forkctl reload, save and shell work
     on it), then start it as `forkd start` does."""
-    from workers import wsgi  # only serve needs the WSGI machinery
+    from workers import hosting  # only serve needs the WSGI/ASGI machinery
 
     if args.chdir:
         try:
@@ -178,8 +184,13 @@ def serve(args: argparse.Namespace, argv: list[str]) -> int:
     if workers is None and os.environ.get("WEB_CONCURRENCY", "").isdigit():
         workers = int(os.environ["WEB_CONCURRENCY"]) or None
     try:
-        application = wsgi.serve_application(
-            args.app, binds, args.threads, os.path.abspath(args.pythonpath or "."), module
+        application = hosting.serve_application(
+            args.app,
+            binds,
+            args.threads,
+            os.path.abspath(args.pythonpath or "."),
+            module,
+            args.interface,
         )
     except Exception as error:  # the application's own import error, or a bad --bind
         raise Failure(f"{args.app}: {type(error).__name__}: {error}") from None

@@ -1,0 +1,170 @@
+"""`ASGIResource`: an ASGI 3 application (FastAPI, Starlette, ...) as a forkd.web resource.
+
+    from forkd.web.asgi import ASGIResource
+    site = Site(ASGIResource(fastapi_app))
+
+The application runs as a task on the worker's own event loop, one per request: no thread,
+no second loop. It is called as soon as the request's headers are in; `receive()` yields
+the body as it arrives (`http.request` with `more_body`), then waits for the client to
+leave (`http.disconnect`); `send()` turns `http.response.start` and `http.response.body`
+into the forkd.web response, and waits for the socket when the client reads slower than
+the application writes. HTTP only for now: a `websocket` or `lifespan` scope is not sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from forkd.web.resource import NOT_DONE_YET, Resource
+
+__all__ = ["ASGIResource"]
+
+log = logging.getLogger("forkd.web.asgi")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+ASGIApplication = Callable[
+    [Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]],
+    Awaitable[None],
+]
+
+HIGH_WATER = 1 << 20  # bytes unsent before send() waits for the client
+
+
+class ASGIResource(Resource):
+    """Renders every request below it with an ASGI 3 application."""
+
+    isLeaf = True
+    streamsBody = True
+
+    def __init__(self, application: ASGIApplication, root_path: str = "") -> None:
+        super().__init__()
+        self.application = application
+        self.root_path = root_path
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_tasks"] = set()
+        return state
+
+    def render(self, request: Any) -> Any:
+        exchange = _Exchange(self.application, request, scope_for(request, self.root_path))
+        task = asyncio.get_running_loop().create_task(exchange.run())
+        self._tasks.add(task)  # held until done: a task nobody references may be collected
+        task.add_done_callback(self._tasks.discard)
+        return NOT_DONE_YET
+
+
+def scope_for(request: Any, root_path: str = "") -> Scope:
+    """The ASGI HTTP scope of a forkd.web request."""
+    host, peer = request.getHost(), request.getClientAddress()
+    raw_path = request.path
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": request.clientproto.decode("latin-1").partition("/")[2] or "1.1",
+        "method": request.method.decode("latin-1"),
+        "scheme": "https" if request.isSecure() else "http",
+        "path": unquote_to_bytes(raw_path).decode("utf-8", "surrogateescape"),
+        "raw_path": raw_path,
+        "query_string": request.query,
+        "root_path": root_path,
+        "headers": [  # ASGI: names lowercased, values as sent
+            (name.lower(), value)
+            for name, values in request.requestHeaders.getAllRawHeaders()
+            for value in values
+        ],
+        "client": (str(peer[1]), int(peer[2])) if len(peer) > 2 else None,
+        "server": (str(host[1]), int(host[2])) if len(host) > 2 else None,
+        "state": {},
+    }
+
+
+class _Exchange:
+    """One request's run of the application: its receive() and send()."""
+
+    def __init__(self, application: ASGIApplication, request: Any, scope: Scope) -> None:
+        self.application = application
+        self.request = request
+        self.scope = scope
+        self.body: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.gone = asyncio.Event()
+        self.body_done = False
+        self.started = False
+        self.finished = False
+        request.onBody(self.body.put_nowait, lambda: self.body.put_nowait(None), self.gone.set)
+        request.notifyFinish().addErrback(lambda reason: self.gone.set())
+
+    async def receive(self) -> Message:
+        if not self.body_done:
+            getting = asyncio.ensure_future(self.body.get())
+            leaving = asyncio.ensure_future(self.gone.wait())
+            done, _ = await asyncio.wait({getting, leaving}, return_when=asyncio.FIRST_COMPLETED)
+            if getting in done:
+                leaving.cancel()
+                chunk = getting.result()
+                if chunk is None:
+                    self.body_done = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
+                return {"type": "http.request", "body": chunk, "more_body": True}
+            getting.cancel()
+            return {"type": "http.disconnect"}
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Message) -> None:
+        request = self.request
+        kind = message.get("type")
+        if (self.finished or request._disconnected) and kind == "http.response.body":
+            return  # the client left: what the app sends is dropped, as servers do
+        if kind == "http.response.start":
+            if self.started:
+                raise RuntimeError("http.response.start sent twice")
+            self.started = True
+            request.setResponseCode(int(message["status"]))
+            for name, value in message.get("headers", ()):
+                request.responseHeaders.addRawHeader(bytes(name), bytes(value))
+        elif kind == "http.response.body":
+            if not self.started:
+                raise RuntimeError("http.response.body before http.response.start")
+            body = bytes(message.get("body", b""))
+            if body:
+                request.write(body)
+            if not message.get("more_body", False):
+                self.finished = True
+                request.finish()
+            elif request.channel.transport.getWriteBufferSize() > HIGH_WATER:
+                await self._drained()
+        else:
+            raise RuntimeError(f"unexpected ASGI message {kind!r} for an HTTP request")
+
+    async def _drained(self) -> None:
+        """Wait while the client reads slower than the application writes."""
+        transport = self.request.channel.transport
+        while transport.getWriteBufferSize() > HIGH_WATER // 2 and not self.gone.is_set():
+            await asyncio.sleep(0.01)  # a poll of the socket buffer, not a synchronisation
+
+    async def run(self) -> None:
+        request = self.request
+        try:
+            await self.application(self.scope, self.receive, self.send)
+        except Exception:
+            log.exception("ASGI application failed on %s", self.scope["path"])
+            if not self.started and not request._disconnected:
+                request.setResponseCode(500)
+                request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+                request.write(b"500 Internal Server Error\n")
+                request.finish()
+            elif not self.finished and not request._disconnected:
+                request.channel.transport.abortConnection()
+            return
+        if not self.finished and not request._disconnected:
+            if not self.started:  # returned without a response: a 500, as uvicorn does
+                log.error("ASGI application returned no response for %s", self.scope["path"])
+                request.setResponseCode(500)
+            request.finish()

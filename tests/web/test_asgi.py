@@ -1,0 +1,154 @@
+"""forkd.web.asgi: a real FastAPI application, and raw ASGI apps, on forkd.web."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import fastapi
+import pytest
+from fastapi.responses import StreamingResponse
+
+from forkd.web import server
+from forkd.web.asgi import ASGIResource
+from tests.webserving import ResponseReader, get, request, serving
+from tests.webserving import connect as connect_socket
+
+
+def fastapi_app() -> fastapi.FastAPI:
+    app = fastapi.FastAPI()
+
+    @app.get("/items/{item_id}")
+    async def item(item_id: int, q: str | None = None) -> dict[str, Any]:
+        return {"item_id": item_id, "q": q}
+
+    @app.post("/echo")
+    async def echo(payload: dict[str, Any]) -> dict[str, Any]:
+        return {"got": payload}
+
+    @app.get("/stream")
+    async def stream() -> StreamingResponse:
+        async def parts() -> Any:
+            for n in range(3):
+                yield b"part %d\n" % n
+
+        return StreamingResponse(parts(), media_type="text/plain")
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("the application broke")
+
+    return app
+
+
+@pytest.fixture
+def port() -> Iterator[int]:
+    with serving(server.Site(ASGIResource(fastapi_app()))) as site:
+        yield site.port
+
+
+def test_fastapi_path_and_query(port: int) -> None:
+    response = get(port, b"/items/42?q=hi")
+    assert response.status == 200
+    assert json.loads(response.body) == {"item_id": 42, "q": "hi"}
+
+
+def test_fastapi_post_json(port: int) -> None:
+    payload = json.dumps({"a": 1}).encode()
+    response = request(
+        port,
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload),
+    )
+    assert response.status == 200 and json.loads(response.body) == {"got": {"a": 1}}
+
+
+def test_fastapi_streaming_response(port: int) -> None:
+    response = get(port, b"/stream")
+    assert response.status == 200 and response.body == b"part 0\npart 1\npart 2\n"
+
+
+def test_fastapi_errors_are_500_and_404_and_the_worker_keeps_serving(port: int) -> None:
+    assert get(port, b"/boom").status == 500
+    assert get(port, b"/nowhere").status == 404
+    assert get(port, b"/items/1").status == 200
+
+
+async def counting(scope: Any, receive: Any, send: Any) -> None:
+    """A raw ASGI app: reads the body message by message, answers with the count."""
+    assert scope["type"] == "http" and scope["asgi"]["version"] == "3.0"
+    total = messages = 0
+    while True:
+        message = await receive()
+        assert message["type"] == "http.request"
+        total += len(message["body"])
+        messages += 1
+        if not message["more_body"]:
+            break
+    body = b"%d %d %s" % (total, messages, scope["path"].encode())
+    await send({"type": "http.response.start", "status": 201, "headers": [(b"x-n", b"1")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def test_a_body_reaches_the_application_as_it_arrives() -> None:
+    with serving(server.Site(ASGIResource(counting))) as served:
+        with connect_socket(served.port) as sock:
+            sock.sendall(b"POST /a%20b HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n")
+            for _ in range(20):
+                sock.sendall(b"z" * 10000)
+            response = ResponseReader(sock).read()
+        assert response.status == 201 and response.headers[b"x-n"] == b"1"
+        total, messages, path = response.body.split(b" ", 2)
+        assert int(total) == 200000 and int(messages) > 2 and path == b"/a b"
+        empty = request(served.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert empty.status == 201 and empty.body.startswith(b"0 1 ")
+
+
+FASTAPI_APP = """
+import os
+import fastapi
+
+app = fastapi.FastAPI()
+
+
+@app.get("/")
+async def index():
+    return {"pid": os.getpid(), "kind": "asgi"}
+"""
+
+
+@pytest.mark.e2e
+def test_forkd_serve_finds_an_asgi_app_and_serves_it_like_uvicorn(tmp_path: Any) -> None:
+    import signal
+    import subprocess
+    import urllib.request
+
+    from forkd import tapfile
+    from forkd.testing import forkd_command, forkd_env, free_port, wait_for
+
+    (tmp_path / "fastapp.py").write_text(FASTAPI_APP)
+    port = free_port()
+    process = subprocess.Popen(
+        forkd_command("serve", "fastapp:app", "--bind", f"127.0.0.1:{port}", "-w", "2"),
+        cwd=tmp_path,
+        env=forkd_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def answer() -> Any:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                return json.loads(response.read())
+        except OSError:
+            return None
+
+    try:
+        assert wait_for(answer, 30, message="forkd serve to answer")["kind"] == "asgi"
+        [port_object] = tapfile.load(str(tmp_path / "fastapp.tap")).ports
+        assert port_object.factory.interface == "asgi", "auto found a coroutine callable"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(30)
+    assert code == 0, process.stderr.read() if process.stderr else ""

@@ -1,0 +1,111 @@
+"""What the wsgi and asgi taps (and `forkd serve`) share: naming an application by
+MODULE:APP, the Site that imports it in each worker, and gunicorn's --bind.
+
+The tap holds the application's name, not the application: each worker imports it when it
+boots (so an import error fails `forkd start` with the application's own message instead
+of a respawn loop), and a reload imports the new code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from typing import Any
+
+from forkd.app import Application
+from forkd.ports import TCPPort, UNIXPort
+from forkd.web.asgi import ASGIResource
+from forkd.web.resource import Resource
+from forkd.web.server import Site
+from forkd.web.wsgi import WSGIResource
+
+INTERFACES = ("wsgi", "asgi")
+
+
+def load_application(spec: str, pythonpath: str = "") -> Any:
+    """The callable `spec` names ("module:attr", "module:factory()", "module:a.b")."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(f"--app wants MODULE:ATTRIBUTE, not {spec!r}")
+    if pythonpath and pythonpath not in sys.path:
+        sys.path.insert(0, pythonpath)
+    module = importlib.import_module(module_name)
+    call = attribute.endswith("()")
+    target: Any = module
+    for part in attribute.removesuffix("()").split("."):
+        target = getattr(target, part)
+    if call:
+        target = target()
+    if not callable(target):
+        raise TypeError(f"{spec} is a {type(target).__name__}, not an application")
+    return target
+
+
+def interface_of(application: Any) -> str:
+    """ "asgi" for a coroutine callable (async def, or an object whose __call__ is), else
+    "wsgi": what `forkd serve --interface auto` decides, as uvicorn and granian do."""
+    call = application if inspect.isfunction(application) else type(application).__call__
+    return "asgi" if inspect.iscoroutinefunction(call) else "wsgi"
+
+
+class _Booting(Resource):
+    """What a HostedSite serves before its worker has imported the application (never, as
+    the worker imports it in startFactory, before it serves)."""
+
+    isLeaf = True
+
+
+class HostedSite(Site):
+    """A Site whose WSGI or ASGI resource is made in each worker from the app's name."""
+
+    def __init__(
+        self,
+        app: str,
+        pythonpath: str,
+        interface: str = "wsgi",
+        threads: int = 8,
+        logPath: str | None = None,
+    ) -> None:
+        super().__init__(_Booting(), logPath)
+        self.app = app
+        self.pythonpath = pythonpath
+        self.interface = interface
+        self.threads = threads
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["resource"] = _Booting()  # the application is imported, never pickled
+        return state
+
+    def startFactory(self) -> None:
+        application = load_application(self.app, self.pythonpath)
+        if self.interface == "asgi":
+            self.resource = ASGIResource(application)
+        else:
+            self.resource = WSGIResource(application, self.threads)
+        super().startFactory()
+
+
+def parse_bind(text: str, factory: Any) -> Any:
+    """A gunicorn `--bind`: HOST:PORT, [IPV6]:PORT, :PORT or unix:PATH."""
+    if text.startswith("unix:"):
+        return UNIXPort(text[len("unix:") :], factory)
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"bad --bind {text!r}: give HOST:PORT, [::1]:PORT or unix:PATH")
+    return TCPPort(int(port), factory, interface=host.strip("[]"))
+
+
+def serve_application(
+    app: str, binds: list[str], threads: int, pythonpath: str, name: str, interface: str = "auto"
+) -> Application:
+    """The Application `forkd serve MODULE:APP --bind ...` runs: one HostedSite on every
+    bind, the application resolved first (as the taps do) to pick its interface."""
+    loaded = load_application(app, pythonpath)
+    kind = interface_of(loaded) if interface == "auto" else interface
+    site = HostedSite(app, pythonpath, kind, threads)
+    application = Application(name)
+    for bind in binds:
+        application.addPort(parse_bind(bind, site))
+    return application
