@@ -16,8 +16,9 @@ from workers import wsgi
 usage_message = """Serve an ASGI application (FastAPI, Starlette, Quart, ...) over HTTP/1.1.
 
 --app names it as uvicorn does: MODULE:ATTRIBUTE (myproject.main:app) or MODULE:FACTORY()
-for an application factory. It runs on each worker's event loop, one task per request.
-HTTP only for now: WebSocket and lifespan scopes are not sent.
+for an application factory. It runs on each worker's event loop, one task per request;
+its lifespan startup runs in each worker before it serves (a failure fails the start) and
+its shutdown when the worker drains. HTTP only for now: WebSocket is not served.
 """
 
 Options = wsgi.Options

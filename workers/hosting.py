@@ -15,7 +15,7 @@ from typing import Any
 
 from forkd.app import Application
 from forkd.ports import TCPPort, UNIXPort
-from forkd.web.asgi import ASGIResource
+from forkd.web.asgi import ASGIResource, Lifespan
 from forkd.web.resource import Resource
 from forkd.web.server import Site
 from forkd.web.wsgi import WSGIResource
@@ -76,15 +76,29 @@ class HostedSite(Site):
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state["resource"] = _Booting()  # the application is imported, never pickled
+        state.pop("lifespan", None)
         return state
 
     def startFactory(self) -> None:
         application = load_application(self.app, self.pythonpath)
         if self.interface == "asgi":
-            self.resource = ASGIResource(application)
+            resource = ASGIResource(application)
+            self.lifespan: Lifespan | None = Lifespan(application, resource.state)
+            self.resource = resource
         else:
+            self.lifespan = None
             self.resource = WSGIResource(application, self.threads)
         super().startFactory()
+
+    async def whenStarted(self) -> None:
+        """In the worker, before it serves: the ASGI lifespan startup (a failure fails the
+        boot, so `forkd start` reports it instead of respawning)."""
+        if getattr(self, "lifespan", None) is not None:
+            await self.lifespan.startup()  # type: ignore[union-attr]
+
+    async def whenStopping(self) -> None:
+        if getattr(self, "lifespan", None) is not None:
+            await self.lifespan.shutdown()  # type: ignore[union-attr]
 
 
 def parse_bind(text: str, factory: Any) -> Any:

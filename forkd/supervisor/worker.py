@@ -105,6 +105,7 @@ class Worker:
         self.settings = settings
         self.log_setup = log_setup
         self.servers: dict[str, tuple[Any, Any]] = {}  # key -> (port, server or None)
+        self.awaited: set[Any] = set()  # factories whose whenStarted has run
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stopping: asyncio.Future[bool] | None = None
 
@@ -176,6 +177,7 @@ class Worker:
         factory = port.factory
         factory.doStart()
         try:
+            await self.await_started(factory)
             if hasattr(port, "serve"):
                 server = await port.serve(asyncio.get_running_loop())
             else:  # a seed-style port: the loop calls doRead when the socket is readable
@@ -185,6 +187,21 @@ class Worker:
             factory.doStop()
             raise
         self.servers[port_key(port)] = (port, server)
+
+    async def await_started(self, factory: Any) -> None:
+        """Await a factory's `whenStarted()` once, after its startFactory and before it
+        serves: where an ASGI application's lifespan startup runs. Raising fails the boot."""
+        hook = getattr(factory, "whenStarted", None)
+        if hook is not None and factory not in self.awaited:
+            self.awaited.add(factory)
+            await hook()
+
+    async def await_stopping(self, factory: Any) -> None:
+        """Await a factory's `whenStopping()` once, as the worker drains (lifespan shutdown)."""
+        hook = getattr(factory, "whenStopping", None)
+        if hook is not None and factory in self.awaited:
+            self.awaited.discard(factory)
+            await hook()
 
     def unserve(self, key: str) -> Any:
         port, server = self.servers.pop(key)
@@ -238,6 +255,7 @@ class Worker:
             await asyncio.sleep(0)
         for factory in factories:
             try:
+                await self.await_stopping(factory)
                 factory.doStop()
             except Exception:
                 log.exception("doStop of %r failed", factory)

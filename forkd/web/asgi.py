@@ -8,7 +8,9 @@ no second loop. It is called as soon as the request's headers are in; `receive()
 the body as it arrives (`http.request` with `more_body`), then waits for the client to
 leave (`http.disconnect`); `send()` turns `http.response.start` and `http.response.body`
 into the forkd.web response, and waits for the socket when the client reads slower than
-the application writes. HTTP only for now: a `websocket` or `lifespan` scope is not sent.
+the application writes. `Lifespan` runs the application's startup in each worker before
+it serves and its shutdown when it drains; the state it sets is copied into every
+request's scope. WebSocket is not served yet.
 """
 
 from __future__ import annotations
@@ -35,6 +37,54 @@ ASGIApplication = Callable[
 HIGH_WATER = 1 << 20  # bytes unsent before send() waits for the client
 
 
+class LifespanFailed(Exception):
+    """The application's lifespan startup failed: the worker must not serve it."""
+
+
+class Lifespan:
+    """The ASGI lifespan protocol for one worker: `startup()` before serving, `shutdown()`
+    when draining. An application that does not speak it (it raises on the lifespan scope
+    without sending anything) is served without, as uvicorn's `--lifespan auto` does."""
+
+    def __init__(self, application: ASGIApplication, state: dict[str, Any]) -> None:
+        self.application = application
+        self.state = state
+        self._inbox: asyncio.Queue[Message] = asyncio.Queue()
+        self._outbox: asyncio.Queue[Message] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self.supported = True
+
+    async def _run(self) -> None:
+        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}}
+        scope["state"] = self.state
+        try:
+            await self.application(scope, self._inbox.get, self._outbox.put)
+        except Exception as error:
+            self.supported = False
+            await self._outbox.put({"type": "lifespan.unsupported", "message": repr(error)})
+
+    async def _exchange(self, ask: str) -> Message:
+        await self._inbox.put({"type": ask})
+        return await self._outbox.get()
+
+    async def startup(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        answer = await self._exchange("lifespan.startup")
+        kind = answer.get("type")
+        if kind == "lifespan.startup.failed":
+            raise LifespanFailed(f"lifespan startup failed: {answer.get('message', '')}")
+        if kind == "lifespan.unsupported":
+            log.info("the application does not use lifespan (%s)", answer.get("message"))
+
+    async def shutdown(self) -> None:
+        if self._task is None or not self.supported or self._task.done():
+            return
+        answer = await self._exchange("lifespan.shutdown")
+        if answer.get("type") == "lifespan.shutdown.failed":
+            log.error("lifespan shutdown failed: %s", answer.get("message", ""))
+        await self._task
+
+
 class ASGIResource(Resource):
     """Renders every request below it with an ASGI 3 application."""
 
@@ -45,6 +95,7 @@ class ASGIResource(Resource):
         super().__init__()
         self.application = application
         self.root_path = root_path
+        self.state: dict[str, Any] = {}  # what lifespan startup set, copied per request
         self._tasks: set[asyncio.Task[None]] = set()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -53,7 +104,9 @@ class ASGIResource(Resource):
         return state
 
     def render(self, request: Any) -> Any:
-        exchange = _Exchange(self.application, request, scope_for(request, self.root_path))
+        scope = scope_for(request, self.root_path)
+        scope["state"] = dict(self.state)
+        exchange = _Exchange(self.application, request, scope)
         task = asyncio.get_running_loop().create_task(exchange.run())
         self._tasks.add(task)  # held until done: a task nobody references may be collected
         task.add_done_callback(self._tasks.discard)

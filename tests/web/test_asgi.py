@@ -152,3 +152,55 @@ def test_forkd_serve_finds_an_asgi_app_and_serves_it_like_uvicorn(tmp_path: Any)
         process.send_signal(signal.SIGTERM)
         code = process.wait(30)
     assert code == 0, process.stderr.read() if process.stderr else ""
+
+
+LIFESPAN_APP = """
+import contextlib
+import os
+import fastapi
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app):
+    if os.path.exists(os.path.join(os.path.dirname(__file__), "broken")):
+        raise RuntimeError("cannot reach the database")
+    yield {"greeting": "set at startup in pid %d" % os.getpid()}
+    with open(os.path.join(os.path.dirname(__file__), "shutdowns"), "a") as out:
+        out.write("%d\\n" % os.getpid())
+
+
+app = fastapi.FastAPI(lifespan=lifespan)
+
+
+@app.get("/")
+async def index(request: fastapi.Request):
+    return {"greeting": request.state.greeting, "pid": os.getpid()}
+"""
+
+
+@pytest.mark.e2e
+def test_lifespan_runs_in_each_worker_and_its_failure_fails_the_start(tmp_path: Any) -> None:
+    """Startup before serving, its state in every request, shutdown when the worker
+    drains; a startup that fails is a boot failure, not a respawn loop."""
+    import urllib.request
+
+    from forkd.testing import RunningForkd, free_port, make_tap, run_forkd
+
+    (tmp_path / "lifeapp.py").write_text(LIFESPAN_APP)
+    port = free_port()
+    tap = make_tap(
+        tmp_path / "asgi.tap",
+        "asgi",
+        *("--app", "lifeapp:app", "--port", str(port), "--pythonpath", str(tmp_path)),
+    )
+    with RunningForkd(tap, workers=2) as forkd:
+        workers = forkd.wait_workers(2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
+            body = json.loads(response.read())
+        assert body["greeting"] == f"set at startup in pid {body['pid']}"
+        assert body["pid"] in workers
+    shutdowns = (tmp_path / "shutdowns").read_text().split()
+    assert sorted(int(pid) for pid in shutdowns) == sorted(workers), "each drained worker"
+    (tmp_path / "broken").write_text("")
+    failed = run_forkd("start", tap, "-n", "-w", "1", timeout=60)
+    assert failed.returncode == 1 and "cannot reach the database" in failed.stderr
