@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import os
+import sys
 from types import ModuleType
 from typing import Any
 
@@ -75,6 +77,20 @@ def available() -> list[tuple[str, str]]:
 
 class BadTap(Exception):
     """A tap module's getPorts returned something forkd cannot serve; the message says what."""
+
+
+def importable_here() -> None:
+    """Put the current directory on sys.path, as `python -m` and gunicorn do: `mktap
+    shouter` beside shouter.py must find it even from an installed `mktap` script, whose
+    own directory is all Python puts there."""
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.insert(0, here)
+    # and for the processes a master starts later from elsewhere (a daemon is in /): the
+    # tap validator and the re-executed image of a reload
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if here not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [here, *paths] if p)
 
 
 def load(name: str) -> ModuleType:

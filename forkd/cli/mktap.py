@@ -145,6 +145,7 @@ def make(args: argparse.Namespace) -> str:
 @quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    taps.importable_here()
     try:
         if args.list:
             list_taps()

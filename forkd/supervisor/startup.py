@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from forkd import tapfile
+from forkd import tapfile, taps
 from forkd.control.server import ControlSocketError
 from forkd.ports import PortError
 from forkd.supervisor import daemon, logs, privileges, resume
@@ -74,6 +74,7 @@ class StartOptions:
 def start(options: StartOptions) -> int:
     """Serve the tap until stopped; the exit code. Raises StartError before daemonizing."""
     tap = options.tap_path
+    taps.importable_here()  # a tap made beside its module finds it from there too
     try:
         application = tapfile.load(tap)
     except tapfile.TapError as error:

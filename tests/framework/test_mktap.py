@@ -6,6 +6,7 @@ not a tap overwritten. Each must be one line, the right exit, and no data lost."
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from typing import Any
@@ -223,3 +224,46 @@ def test_output_into_a_missing_directory_is_one_line(tmp_path: Any) -> None:
     done = mktap_in(tmp_path, "-o", "missing/x.tap", "echo")
     assert done.returncode == 1
     assert one_line(done) == "mktap: cannot write missing/x.tap: No such file or directory"
+
+
+SHOUTER = """
+from forkd import usage
+from forkd.ports import TCPPort
+from forkd.protocol import Factory, Protocol
+
+usage_message = "Shouts back."
+
+
+class Shout(Protocol):
+    def dataReceived(self, data):
+        self.transport.write(data.upper())
+
+
+class Options(usage.Options):
+    optParameters = [["port", "p", 0, "port", usage.portCoerce]]
+
+
+def getPorts(app, config):
+    factory = Factory()
+    factory.protocol = Shout
+    return [(TCPPort(config["port"], factory, interface="127.0.0.1"), factory)]
+"""
+
+
+def test_the_installed_mktap_finds_a_tap_module_in_the_current_directory(tmp_path) -> None:
+    """`mktap shouter` beside shouter.py said "no tap module named 'shouter'": an installed
+    script's sys.path holds its own directory, not the current one (issue 10, item 3)."""
+    import shutil
+
+    script = os.path.join(os.path.dirname(sys.executable), "mktap")
+    if not os.path.exists(script):
+        script = shutil.which("mktap") or ""
+    if not script:
+        pytest.skip("no installed mktap script")
+    (tmp_path / "shouter.py").write_text(SHOUTER)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [script, "shouter", "--port", "0"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "shouter.tap").exists()
