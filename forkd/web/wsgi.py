@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -126,6 +127,34 @@ class BodyInput:
         return iter(self.readline, b"")
 
 
+class FileWrapper:
+    """`wsgi.file_wrapper`: a file the application returns whole. Iterated like any
+    response by a server that cannot do better; forkd sends a real file with sendfile
+    (zero copy) instead, from where it stands to its end."""
+
+    def __init__(self, filelike: Any, blksize: int = 8192) -> None:
+        self.filelike = filelike
+        self.blksize = blksize
+
+    def __iter__(self) -> Any:
+        return iter(lambda: self.filelike.read(self.blksize), b"")
+
+    def close(self) -> None:
+        close = getattr(self.filelike, "close", None)
+        if close is not None:
+            close()
+
+    def sendable(self) -> tuple[int, int] | None:
+        """(offset, count) when the file can go by sendfile: a regular file with a fileno."""
+        try:
+            fd = self.filelike.fileno()
+            offset = self.filelike.tell()
+            size = os.fstat(fd).st_size
+        except (AttributeError, OSError, ValueError):
+            return None
+        return (offset, size - offset) if size >= offset else None
+
+
 class WSGIResource(Resource):
     """Renders every request below it with a WSGI application, in `threads` threads."""
 
@@ -179,6 +208,7 @@ def environ_for(request: Any, body: Any = None) -> dict[str, Any]:
         "wsgi.multithread": True,
         "wsgi.multiprocess": True,
         "wsgi.run_once": False,
+        "wsgi.file_wrapper": FileWrapper,
     }
     for name, values in request.requestHeaders.getAllRawHeaders():
         if b"_" in name:  # X_User would pass for X-User in the environ (gunicorn drops them)
@@ -248,6 +278,13 @@ class _Response:
     def run(self) -> None:
         try:
             result = self.application(self.environ, self.start_response)
+            if isinstance(result, FileWrapper) and self.status is not None and not self.started:
+                sendable = result.sendable()
+                if sendable is not None:  # the file goes whole, by sendfile, which closes it
+                    self.started = True
+                    self._in_loop(self._send_head, self.status, self.headers)
+                    self._in_loop(self._sendfile, result.filelike, *sendable)
+                    return
             try:
                 for chunk in result:
                     self.write(chunk)
@@ -272,6 +309,18 @@ class _Response:
         request.setResponseCode(int(status[:3]), status[4:].encode("latin-1") or None)
         for name, value in headers:
             request.responseHeaders.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+
+    def _sendfile(self, file: Any, offset: int, count: int) -> None:
+        request = self.request
+        if request.finished or request._disconnected:
+            file.close()
+            return
+        length = request.responseHeaders.getRawHeaders(b"content-length")
+        if length:
+            count = min(count, int(length[-1]))
+        else:
+            request.setHeader(b"content-length", b"%d" % count)
+        request.sendfile(file, offset, count)
 
     def _write(self, data: bytes) -> None:
         request = self.request

@@ -272,3 +272,32 @@ def test_forkd_serve_module_app_as_gunicorn_does_with_forkctl_reload(tmp_path: A
         process.send_signal(signal.SIGTERM)
         code = process.wait(30)
     assert code == 0, process.stderr.read() if process.stderr else ""
+
+
+def test_flask_send_file_goes_by_sendfile(tmp_path: Any, monkeypatch: Any) -> None:
+    """Werkzeug wraps the file in environ["wsgi.file_wrapper"]: forkd sends it zero-copy."""
+    from forkd.web.request import Request
+
+    data = bytes(range(256)) * 4096  # 1 MiB
+    (tmp_path / "blob.bin").write_bytes(data)
+    app = flask.Flask("files")
+
+    @app.get("/blob")
+    def blob() -> Any:
+        return flask.send_file(str(tmp_path / "blob.bin"))
+
+    sent: list[int] = []
+    real = Request.sendfile
+
+    def counting(self: Any, file: Any, offset: int, count: int) -> None:
+        sent.append(count)
+        real(self, file, offset, count)
+
+    monkeypatch.setattr(Request, "sendfile", counting)
+    with serving(server.Site(WSGIResource(app))) as site:
+        response = get(site.port, b"/blob")
+        head = request(site.port, b"HEAD /blob HTTP/1.1\r\nHost: x\r\n\r\n", head=True)
+    assert response.status == 200 and response.body == data
+    assert response.headers[b"content-length"] == b"%d" % len(data)
+    assert sent[0] == len(data), "sent with sendfile, not read in 8 KiB pieces"
+    assert head.status == 200 and head.body == b""
