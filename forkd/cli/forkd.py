@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import time
+from typing import Any
 
 from forkd import tapfile
 from forkd.cli import add_command, parse_command, positive_seconds
@@ -47,6 +48,29 @@ def worker_count(text: str) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="forkd", description="Run a .tap file as a pre-fork server.")
     commands = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_start(commands)
+    add_serve(commands)
+    stop = add_command(commands, "stop", help="stop the server of FILE.tap")
+    stop.add_argument("tap", metavar="FILE.tap")
+    stop.add_argument("--now", action="store_true", help="fast stop: do not drain")
+    stop.add_argument("--pidfile", metavar="P")
+    status = add_command(commands, "status", help="is FILE.tap served, and how")
+    status.add_argument("tap", metavar="FILE.tap")
+    status.add_argument("--pidfile", metavar="P")
+    status.add_argument("--control", metavar="P")
+    status.add_argument("--json", action="store_true")
+    check = add_command(
+        commands,
+        "check",
+        help="check FILE.tap without serving it (like nginx -t): "
+        "it loads, its modules import, its ports pickle",
+    )
+    check.add_argument("tap", metavar="FILE.tap")
+    return p
+
+
+def add_start(commands: Any) -> None:
+    """`forkd start`'s options (their defaults are forkd.supervisor.master's)."""
     start = add_command(commands, "start", help="start serving FILE.tap")
     start.add_argument("tap", metavar="FILE.tap")
     start.add_argument("-n", "--nodaemon", action="store_true", help="stay in the foreground")
@@ -84,6 +108,10 @@ def parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--no-save", action="store_true", help="do not write <base>-shutdown.tap on stop"
     )
+
+
+def add_serve(commands: Any) -> None:
+    """`forkd serve`'s options: gunicorn's and uvicorn's names where they have one."""
     serve = add_command(
         commands,
         "serve",
@@ -119,23 +147,6 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("-l", "--logfile", metavar="LOG", help="log file, or - (default)")
     serve.add_argument("--pidfile", metavar="P")
     serve.add_argument("--control", metavar="P")
-    stop = add_command(commands, "stop", help="stop the server of FILE.tap")
-    stop.add_argument("tap", metavar="FILE.tap")
-    stop.add_argument("--now", action="store_true", help="fast stop: do not drain")
-    stop.add_argument("--pidfile", metavar="P")
-    status = add_command(commands, "status", help="is FILE.tap served, and how")
-    status.add_argument("tap", metavar="FILE.tap")
-    status.add_argument("--pidfile", metavar="P")
-    status.add_argument("--control", metavar="P")
-    status.add_argument("--json", action="store_true")
-    check = add_command(
-        commands,
-        "check",
-        help="check FILE.tap without serving it (like nginx -t): "
-        "it loads, its modules import, its ports pickle",
-    )
-    check.add_argument("tap", metavar="FILE.tap")
-    return p
 
 
 # -- start ---------------------------------------------------------------------------------
