@@ -231,15 +231,18 @@ class HTTPChannel(Protocol):
     def _streamIfAsked(self, request: Request) -> None:
         """A resource with `streamsBody = True` is rendered before its body arrives and
         handed it piece by piece (Request.onBody), instead of the body being kept whole."""
+        prepath, postpath = request.prepath[:], request.postpath[:]
         try:
             resource = self._site.getResourceFor(request)
-        except Exception:  # answered as usual once the body is in
+        except Exception:  # walked again, and answered as usual, once the body is in
+            request.prepath, request.postpath = prepath, postpath
             return
+        request._resource = resource  # the walk consumed postpath: process() must reuse it
         if getattr(resource, "streamsBody", False):
             request._streaming = True
             stats.requests += 1
             self._active = request
-            request.process(resource)
+            request.process()
 
     def pauseBody(self) -> None:
         """A streaming resource cannot keep up: stop reading until resumeBody."""

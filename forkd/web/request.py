@@ -58,6 +58,7 @@ class Request(ResponseWriter):
         "_bodySize",
         "_bodyHandlers",
         "_streaming",
+        "_resource",
         "bodyComplete",
     )
 
@@ -108,6 +109,7 @@ class Request(ResponseWriter):
             tuple[Callable[[bytes], Any], Callable[[], Any], Callable[[], Any] | None] | None
         ) = None
         self._streaming = False
+        self._resource: Any = None  # found at the headers, when the body was to be streamed
         self.bodyComplete = False
         self._out: Headers | None = None
         self._chunked = False
@@ -263,11 +265,12 @@ class Request(ResponseWriter):
         if handlers is not None and not self.bodyComplete and handlers[2] is not None:
             handlers[2]()
 
-    def process(self, resource: Any = None) -> None:
-        """Find the resource for this request (unless given), render it, and send what it
-        returns."""
+    def process(self) -> None:
+        """Find the resource for this request (unless the channel already did), render it,
+        and send what it returns."""
         site = self.site
         try:
+            resource = self._resource
             if resource is None:
                 resource = site.getResourceFor(self)
             body = resource.render(self)

@@ -1104,3 +1104,29 @@ def test_a_streamed_body_over_the_limit_is_413_not_a_hang() -> None:
     channel.dataReceived(b"14\r\n" + b"x" * 20 + b"\r\n")
     [response] = responses(transport)
     assert response.status == 413
+
+
+def test_a_body_for_a_nested_resource_reaches_that_resource() -> None:
+    """The tree is walked once at the headers (to see whether the resource streams): the
+    walk consumed the path, so rendering must not walk it again and land on the root."""
+    root = Resource()
+    root.putChild(b"echo", Echo())
+    streaming = Counting()
+    root.putChild(b"count", streaming)
+    channel, transport, _ = make(root)
+    channel.dataReceived(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+    channel.dataReceived(b"POST /count HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nwxyz")
+    echoed, counted = responses(transport)
+    assert (echoed.status, echoed.body) == (200, b"/echo:abc")
+    assert (counted.status, counted.body) == (200, b"4")
+
+
+def test_a_child_that_raises_for_a_body_request_is_still_a_500() -> None:
+    class Broken(Resource):
+        def getChild(self, name: bytes, request: Any) -> Resource:
+            raise RuntimeError("no such child today")
+
+    channel, transport, _ = make(Broken())
+    channel.dataReceived(b"POST /x/y HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok")
+    [response] = responses(transport)
+    assert response.status == 500
