@@ -208,13 +208,8 @@ class _Exchange:
             await self.application(self.scope, self.receive, self.send)
         except Exception:
             log.exception("ASGI application failed on %s", self.scope["path"])
-            if not self.started and not request._disconnected:
-                request.setResponseCode(500)
-                request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-                request.write(b"500 Internal Server Error\n")
-                request.finish()
-            elif not self.finished and not request._disconnected:
-                request.channel.transport.abortConnection()
+            if not self.finished and not request._disconnected:
+                request._failed()  # a 500 if nothing is out yet, else the connection is cut
             return
         if not self.finished and not request._disconnected:
             if not self.started:  # returned without a response: a 500, as uvicorn does

@@ -187,9 +187,9 @@ def environ_for(request: Any, body: Any = None) -> dict[str, Any]:
     """The PEP 3333 environ of a forkd.web request (native strings, latin-1 as the PEP says)."""
     host = request.getHost()
     peer = request.getClientAddress()
-    prepath = b"/" + b"/".join(request.prepath) if request.prepath else b""
+    # the resource's mount point, without a trailing slash; the rest of the path is its own
+    script = (b"/" + b"/".join(request.prepath)).rstrip(b"/") if request.prepath else b""
     path = request.path
-    script = prepath.rstrip(b"/") if prepath not in (b"", b"/") else b""
     environ: dict[str, Any] = {
         "REQUEST_METHOD": request.method.decode("latin-1"),
         "SCRIPT_NAME": script.decode("latin-1"),
@@ -297,7 +297,7 @@ class _Response:
                     close()
         except Exception:
             log.exception("WSGI application failed on %s", self.environ.get("PATH_INFO"))
-            self._in_loop(self._fail, self.started)
+            self._in_loop(self._fail)
             return
         self._in_loop(self._finish)
 
@@ -332,14 +332,7 @@ class _Response:
         if not request.finished and not request._disconnected:
             request.finish()
 
-    def _fail(self, started: bool) -> None:
+    def _fail(self) -> None:
         request = self.request
-        if request.finished or request._disconnected:
-            return
-        if started:  # half a body is out: a client must not take it for a whole one
-            request.channel.transport.abortConnection()
-            return
-        request.setResponseCode(500)
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        request.write(b"500 Internal Server Error\n")
-        request.finish()
+        if not request.finished and not request._disconnected:
+            request._failed()  # a 500 if nothing is out yet, else the connection is cut
