@@ -59,6 +59,8 @@ class _Booting(Resource):
 class HostedSite(Site):
     """A Site whose WSGI or ASGI resource is made in each worker from the app's name."""
 
+    lifespan: Lifespan | None = None  # an ASGI application's, once imported in the worker
+
     def __init__(
         self,
         app: str,
@@ -83,22 +85,21 @@ class HostedSite(Site):
         application = load_application(self.app, self.pythonpath)
         if self.interface == "asgi":
             resource = ASGIResource(application)
-            self.lifespan: Lifespan | None = Lifespan(application, resource.state)
+            self.lifespan = Lifespan(application, resource.state)
             self.resource = resource
         else:
-            self.lifespan = None
             self.resource = WSGIResource(application, self.threads)
         super().startFactory()
 
     async def whenStarted(self) -> None:
         """In the worker, before it serves: the ASGI lifespan startup (a failure fails the
         boot, so `forkd start` reports it instead of respawning)."""
-        if getattr(self, "lifespan", None) is not None:
-            await self.lifespan.startup()  # type: ignore[union-attr]
+        if self.lifespan is not None:
+            await self.lifespan.startup()
 
     async def whenStopping(self) -> None:
-        if getattr(self, "lifespan", None) is not None:
-            await self.lifespan.shutdown()  # type: ignore[union-attr]
+        if self.lifespan is not None:
+            await self.lifespan.shutdown()
 
 
 def parse_bind(text: str, factory: Any) -> Any:
