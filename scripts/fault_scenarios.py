@@ -35,7 +35,15 @@ from collections.abc import Callable
 import psutil
 
 from forkd.control.client import ControlError, request
-from forkd.testing import RunningForkd, forkd_command, forkd_env, free_port, make_tap, wait_for
+from forkd.testing import (
+    RunningForkd,
+    forkd_command,
+    forkd_env,
+    free_port,
+    make_tap,
+    refused,
+    wait_for,
+)
 
 
 def echo_tap(directory: pathlib.Path) -> tuple[str, int]:
@@ -120,17 +128,8 @@ def stop(directory: pathlib.Path) -> str:
         forkd.signal(signal.SIGTERM)
         started = time.monotonic()
 
-        def refused() -> bool:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            except ConnectionRefusedError:
-                return True
-            except OSError:  # queued in a backlog nobody serves, then timed out
-                return False
-            return False
-
         try:
-            wait_for(refused, 15, message="refused")
+            wait_for(lambda: refused(port), 15, message="refused")
             said = f"refused {(time.monotonic() - started) * 1000:.0f} ms after TERM"
         except AssertionError:
             said = "not refused 15 s after TERM: it waits in the backlog"

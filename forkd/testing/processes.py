@@ -53,11 +53,14 @@ def free_port() -> int:
 
 
 def refused(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether a connection to `port` is refused now (nothing listens there)."""
+    """Whether a connection to `port` is refused now (nothing listens there). One that
+    times out, queued in a backlog nobody serves, is not refused."""
     try:
         socket.create_connection((host, port), timeout=2).close()
     except ConnectionRefusedError:
         return True
+    except OSError:  # timed out, queued in a backlog nobody serves: not refused
+        pass
     return False
 
 
