@@ -207,3 +207,39 @@ def get(port: int, path: bytes = b"/", headers: bytes = b"", method: bytes = b"G
         headers,
     )
     return request(port, data, head=method == b"HEAD")
+
+
+def json_from(port: int, path: str = "/") -> Any:
+    """GET http://127.0.0.1:PORT/PATH as JSON, or None while nothing answers there."""
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return json.loads(response.read())
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def forkd_serve(directory: Any, *args: str, env: dict[str, str] | None = None) -> Iterator[Any]:
+    """`forkd serve ARGS` in the foreground, run in `directory`, for the length of a
+    `with` block; leaving sends TERM and asserts it stopped with exit 0."""
+    import signal
+    import subprocess
+
+    from forkd.testing import forkd_command, forkd_env
+
+    process = subprocess.Popen(
+        forkd_command("serve", *args),
+        cwd=directory,
+        env=env or forkd_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(30)
+    assert code == 0, process.stderr.read() if process.stderr else ""

@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 
 from forkd.web import server
 from forkd.web.asgi import ASGIResource
-from tests.webserving import ResponseReader, get, request, serving
+from tests.webserving import ResponseReader, forkd_serve, get, json_from, request, serving
 from tests.webserving import connect as connect_socket
 
 
@@ -120,38 +120,16 @@ async def index():
 
 @pytest.mark.e2e
 def test_forkd_serve_finds_an_asgi_app_and_serves_it_like_uvicorn(tmp_path: Any) -> None:
-    import signal
-    import subprocess
-    import urllib.request
-
     from forkd import tapfile
-    from forkd.testing import forkd_command, forkd_env, free_port, wait_for
+    from forkd.testing import free_port, wait_for
 
     (tmp_path / "fastapp.py").write_text(FASTAPI_APP)
     port = free_port()
-    process = subprocess.Popen(
-        forkd_command("serve", "fastapp:app", "--bind", f"127.0.0.1:{port}", "-w", "2"),
-        cwd=tmp_path,
-        env=forkd_env(),
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-    def answer() -> Any:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
-                return json.loads(response.read())
-        except OSError:
-            return None
-
-    try:
-        assert wait_for(answer, 30, message="forkd serve to answer")["kind"] == "asgi"
+    with forkd_serve(tmp_path, "fastapp:app", "--bind", f"127.0.0.1:{port}", "-w", "2"):
+        served = wait_for(lambda: json_from(port), 30, message="forkd serve to answer")
+        assert served["kind"] == "asgi"
         [port_object] = tapfile.load(str(tmp_path / "fastapp.tap")).ports
         assert port_object.factory.interface == "asgi", "auto found a coroutine callable"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(30)
-    assert code == 0, process.stderr.read() if process.stderr else ""
 
 
 LIFESPAN_APP = """

@@ -13,7 +13,7 @@ import pytest
 
 from forkd.web import server
 from forkd.web.wsgi import WSGIResource, environ_for
-from tests.webserving import ResponseReader, get, request, serving
+from tests.webserving import ResponseReader, forkd_serve, get, json_from, request, serving
 from tests.webserving import connect as connect_socket
 
 
@@ -234,44 +234,22 @@ def test_a_client_that_leaves_mid_body_frees_the_thread() -> None:
 def test_forkd_serve_module_app_as_gunicorn_does_with_forkctl_reload(tmp_path: Any) -> None:
     """`forkd serve flaskapp:app --bind ...`: the tap is written beside, forkctl works on
     it, TERM stops it."""
-    import signal
-    import subprocess
-    import urllib.request
-
-    from forkd.testing import forkctl, forkd_command, forkd_env, free_port, wait_for
+    from forkd.testing import forkctl, forkd_env, free_port, wait_for
 
     (tmp_path / "flaskapp.py").write_text(FLASK_APP)
     port = free_port()
     env = forkd_env()
     env["WEB_CONCURRENCY"] = "2"
-    process = subprocess.Popen(
-        forkd_command("serve", "flaskapp:app", "--bind", f"127.0.0.1:{port}"),
-        cwd=tmp_path,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-    def answer() -> Any:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
-                return json.loads(response.read())
-        except OSError:
-            return None
-
-    try:
-        assert wait_for(answer, 30, message="forkd serve to answer")["answer"] == 42
+    with forkd_serve(tmp_path, "flaskapp:app", "--bind", f"127.0.0.1:{port}", env=env):
+        served = wait_for(lambda: json_from(port), 30, message="forkd serve to answer")
+        assert served["answer"] == 42
         assert (tmp_path / "flaskapp.tap").exists()
         ctl = str(tmp_path / "flaskapp.ctl")
         status = forkctl(ctl, "status", "--json")
         assert len(json.loads(status.stdout)["workers"]) == 2, status.stderr
         reloaded = forkctl(ctl, "reload")
         assert reloaded.returncode == 0, reloaded.stderr
-        assert answer()["answer"] == 42
-    finally:
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(30)
-    assert code == 0, process.stderr.read() if process.stderr else ""
+        assert json_from(port)["answer"] == 42
 
 
 def test_flask_send_file_goes_by_sendfile(tmp_path: Any, monkeypatch: Any) -> None:
