@@ -146,7 +146,7 @@ class Request(ResponseWriter):
         content = self._content
         if content is None:
             limit = getattr(getattr(self.channel, "_site", None), "bodyBufferSize", 64 * 1024)
-            # closed with the request (connectionLost or the end of the response)
+            # a rolled-over temporary file is closed when the request is dropped
             spooled: Any = SpooledTemporaryFile(max_size=limit)  # noqa: SIM115
             content = self._content = spooled
         return content
@@ -214,7 +214,6 @@ class Request(ResponseWriter):
         host = self.getHeader(b"host") or self.getRequestHostname()
         return scheme + b"://" + host + b"/" + b"/".join(self.prepath)
 
-    # -- processing -----------------------------------------------------------------------
     # -- a body streamed to the resource ----------------------------------------------------
     def onBody(
         self,
@@ -265,6 +264,7 @@ class Request(ResponseWriter):
         if handlers is not None and not self.bodyComplete and handlers[2] is not None:
             handlers[2]()
 
+    # -- processing -----------------------------------------------------------------------
     def process(self) -> None:
         """Find the resource for this request (unless the channel already did), render it,
         and send what it returns."""
