@@ -249,6 +249,8 @@ class HTTPChannel(Protocol):
         self._pauseReading(_PAUSED_BODY)
 
     def resumeBody(self) -> None:
+        if self._paused & _PAUSED_BODY:  # the body's clocks start again from here
+            self._since = self._bodySince = self._timeouts.now
         self._resumeReading(_PAUSED_BODY)
 
     def on_body(self, body: bytes) -> None:
@@ -402,7 +404,11 @@ class HTTPChannel(Protocol):
             self._closing = True
             self.transport.abortConnection()
             return
-        if self._active is not None or self._closing:
+        active = self._active
+        streaming = active is not None and active._streaming and self._state == BODY
+        if (active is not None and not streaming) or self._closing:
+            return
+        if self._paused & _PAUSED_BODY:  # held back for the resource: not the client's fault
             return
         site = self._site
         state = self._state

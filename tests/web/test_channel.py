@@ -1130,3 +1130,30 @@ def test_a_child_that_raises_for_a_body_request_is_still_a_500() -> None:
     channel.dataReceived(b"POST /x/y HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok")
     [response] = responses(transport)
     assert response.status == 500
+
+
+def test_a_streamed_body_is_held_to_the_same_timeouts() -> None:
+    """A streaming resource is active while its body arrives: the body timeout and the
+    minimum rate must still apply (a WSGI upload that trickles must not hold a thread)."""
+    resource = Counting()
+    channel, transport, clock = make(resource, bodyTimeout=60.0, minBodyRate=100)
+    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+    assert resource.request is not None
+    for _ in range(13):
+        clock.advance(1.0)
+        channel.dataReceived(b"x")
+    [response] = responses(transport)
+    assert response.status == 408 and transport.disconnecting
+
+
+def test_a_body_the_resource_holds_back_is_not_timed_out() -> None:
+    resource = Counting(pause_after=1)
+    channel, transport, clock = make(resource, bodyTimeout=5.0, minBodyRate=100)
+    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nab")
+    for _ in range(40):  # paused by the resource for 20 s: longer than the body timeout
+        clock.advance(0.5)
+    assert transport.value() == b""
+    resource.request.resumeBody()
+    channel.dataReceived(b"cd")
+    [response] = responses(transport)
+    assert response.status == 200 and response.body == b"4"
