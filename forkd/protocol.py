@@ -35,7 +35,7 @@ class ConnectionStats:
     made and remove themselves when it is lost, and HTTP-like protocols count requests.
     """
 
-    __slots__ = ("open", "accepted", "requests", "draining")
+    __slots__ = ("open", "accepted", "requests", "draining", "shuttingDown")
 
     def __init__(self) -> None:
         self.open: set[Protocol] = set()
@@ -44,6 +44,9 @@ class ConnectionStats:
         # Set by the worker when a graceful stop begins: a connection the event loop had
         # already accepted but not yet handed to its protocol is told to drain on arrival.
         self.draining = False
+        # Set when the master says the whole server is stopping (not this worker alone being
+        # replaced): long-lived protocols tell their peers "going away", not "restarting".
+        self.shuttingDown = False
 
 
 stats = ConnectionStats()

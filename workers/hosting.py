@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from forkd.app import Application
@@ -19,6 +20,9 @@ from forkd.web.asgi import ASGIResource, Lifespan
 from forkd.web.resource import Resource
 from forkd.web.server import Site
 from forkd.web.wsgi import WSGIResource
+from workers.site_options import SITE_OPTIONS, site_settings
+
+__all__ = ["SITE_OPTIONS", "HostedSite", "load_application", "serve_application", "site_settings"]
 
 INTERFACES = ("wsgi", "asgi")
 
@@ -68,12 +72,15 @@ class HostedSite(Site):
         interface: str = "wsgi",
         threads: int = 8,
         logPath: str | None = None,
+        settings: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(_Booting(), logPath)
         self.app = app
         self.pythonpath = pythonpath
         self.interface = interface
         self.threads = threads
+        for attribute, value in (settings or {}).items():
+            setattr(self, attribute, value)  # per site, so it pickles into the tap
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -113,13 +120,19 @@ def parse_bind(text: str, factory: Any) -> Any:
 
 
 def serve_application(
-    app: str, binds: list[str], threads: int, pythonpath: str, name: str, interface: str = "auto"
+    app: str,
+    binds: list[str],
+    threads: int,
+    pythonpath: str,
+    name: str,
+    interface: str = "auto",
+    settings: Mapping[str, Any] | None = None,
 ) -> Application:
     """The Application `forkd serve MODULE:APP --bind ...` runs: one HostedSite on every
     bind, the application resolved first (as the taps do) to pick its interface."""
     loaded = load_application(app, pythonpath)
     kind = interface_of(loaded) if interface == "auto" else interface
-    site = HostedSite(app, pythonpath, kind, threads)
+    site = HostedSite(app, pythonpath, kind, threads, settings=settings)
     application = Application(name)
     for bind in binds:
         application.addPort(parse_bind(bind, site))

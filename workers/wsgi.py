@@ -14,7 +14,7 @@ from typing import Any
 from forkd import usage
 from forkd.ports import TCPPort
 from forkd.web.server import Site
-from workers.hosting import HostedSite, load_application
+from workers.hosting import SITE_OPTIONS, HostedSite, load_application, site_settings
 
 usage_message = """Serve a WSGI application (PEP 3333: Flask, Django, Falcon, ...) over HTTP/1.1.
 
@@ -35,7 +35,7 @@ class Options(usage.Options):
         ["threads", "t", 8, "Threads running the application, per worker (WSGI).", int],
         ["pythonpath", None, None, "Where MODULE is imported from [default: here]."],
         ["access-log", None, None, "Combined-format access log file, or - for stdout."],
-    ]
+    ] + [[option.name, None, None, option.describe(), option.coerce] for option in SITE_OPTIONS]
 
     def postOptions(self) -> None:
         if not self["app"]:
@@ -53,6 +53,11 @@ class Options(usage.Options):
 
 def getPorts(app: Any, config: Any, interface: str = INTERFACE) -> list[tuple[Any, Site]]:
     site = HostedSite(
-        config["app"], config["pythonpath"], interface, config["threads"], config["access-log"]
+        config["app"],
+        config["pythonpath"],
+        interface,
+        config["threads"],
+        config["access-log"],
+        settings=site_settings({option.dest: config[option.name] for option in SITE_OPTIONS}),
     )
     return [(TCPPort(config["port"], site, interface=config["interface"]), site)]

@@ -147,6 +147,10 @@ def add_serve(commands: Any) -> None:
     serve.add_argument("-l", "--logfile", metavar="LOG", help="log file, or - (default)")
     serve.add_argument("--pidfile", metavar="P")
     serve.add_argument("--control", metavar="P")
+    from workers.site_options import SITE_OPTIONS
+
+    for option in SITE_OPTIONS:
+        serve.add_argument(f"--{option.name}", type=option.coerce, help=option.describe())
 
 
 # -- start ---------------------------------------------------------------------------------
@@ -202,6 +206,7 @@ def serve(args: argparse.Namespace, argv: list[str]) -> int:
             os.path.abspath(args.pythonpath or "."),
             module,
             args.interface,
+            hosting.site_settings(vars(args)),
         )
     except Exception as error:  # the application's own import error, or a bad --bind
         raise Failure(f"{args.app}: {type(error).__name__}: {error}") from None

@@ -41,6 +41,7 @@ class Op(enum.StrEnum):
     # master -> worker
     ADD_PORT = "add_port"  # {key, port: the pickled port, base64} + its descriptor
     REMOVE_PORT = "remove_port"  # {key}
+    SHUTDOWN = "shutdown"  # the whole server is stopping, not just this worker
 
 
 class ChannelError(Exception):

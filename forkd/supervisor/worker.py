@@ -313,6 +313,8 @@ class Worker:
                 os.close(extra)
         elif op == Op.REMOVE_PORT:
             self.remove_port(str(message.get("key")))
+        elif op == Op.SHUTDOWN:
+            stats.shuttingDown = True
         else:
             for fd in fds:
                 os.close(fd)

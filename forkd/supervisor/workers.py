@@ -119,6 +119,9 @@ class WorkerPool:
     def stop_all(self, graceful: bool) -> None:
         """The master is stopping: every worker, even one already stopping, is told now."""
         for worker in self.all():
+            # said before the signal: its long-lived connections (WebSockets) say "going
+            # away" (1001) to their peers rather than "restarting, reconnect" (1012)
+            self.send(worker, {"op": Op.SHUTDOWN})
             # One still booting has no connection to drain, and may be stuck in its
             # factories' startFactory: waiting the graceful timeout for it only delays the stop.
             drain = graceful and worker.state is not WorkerState.BOOTING

@@ -10,7 +10,8 @@ leave (`http.disconnect`); `send()` turns `http.response.start` and `http.respon
 into the forkd.web response, and waits for the socket when the client reads slower than
 the application writes. `Lifespan` runs the application's startup in each worker before
 it serves and its shutdown when it drains; the state it sets is copied into every
-request's scope. WebSocket is not served yet.
+request's scope. An upgrade request becomes a WebSocket session
+(forkd.web.asgi_websocket) on the same loop.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+from forkd.web.asgi_websocket import WebSocketSession
 from forkd.web.resource import NOT_DONE_YET, Resource
+from forkd.web.websocket import is_websocket_upgrade
 
 __all__ = ["ASGIResource"]
 
@@ -106,7 +109,11 @@ class ASGIResource(Resource):
     def render(self, request: Any) -> Any:
         scope = scope_for(request, self.root_path)
         scope["state"] = dict(self.state)
-        exchange = _Exchange(self.application, request, scope)
+        exchange: _Exchange | WebSocketSession
+        if is_websocket_upgrade(request):
+            exchange = WebSocketSession(self.application, request, scope)
+        else:
+            exchange = _Exchange(self.application, request, scope)
         task = asyncio.get_running_loop().create_task(exchange.run())
         self._tasks.add(task)  # held until done: a task nobody references may be collected
         task.add_done_callback(self._tasks.discard)

@@ -8,7 +8,8 @@ Wire handling, the way nginx does it:
   queue, and reading pauses when the queue is `Site.maxPipelined` long.
 - Keep-alive follows each version's rules (1.1 unless `Connection: close`; 1.0 only with
   `Connection: keep-alive`, echoed back). `Expect: 100-continue` is answered when the body
-  is acceptable. An `Upgrade` or CONNECT request is answered and the connection closed.
+  is acceptable. An `Upgrade` or CONNECT request is answered and the connection closed,
+  unless the resource takes the connection over (`switchProtocol`: a WebSocket).
 - Limits: malformed request 400; unknown method 501; URL plus header block over
   `Site.maxHeaderSize` 431; body over `Site.maxBodySize` 413 (from Content-Length before
   the body is read, or while a chunked body arrives); headers not complete within
@@ -122,19 +123,28 @@ class HTTPChannel(Protocol):
         self._sendPending = 0  # unsent output at the last sweep
         self._sendSince = 0.0  # when that output last made progress
         self._bodySince = 0.0  # when the body in progress began
+        self._upgraded: Any = None  # the protocol that took the connection over (WebSocket)
         self._timeouts = site._timeoutsFor()
         self._since = self._timeouts.now
         self._timeouts.add(self)
 
     # -- reading --------------------------------------------------------------------------
     def dataReceived(self, data: bytes) -> None:
+        if self._upgraded is not None:
+            self._upgraded.dataReceived(data)
+            return
         if self._closing:
             return
         if self._state == HEADERS:
             self._hchunks += len(data)
         try:
             self._parser.feed_data(data)
-        except HttpParserUpgrade:
+        except HttpParserUpgrade as upgrade:
+            if self._upgraded is not None:  # the resource took the connection over
+                rest = data[upgrade.args[0] :] if upgrade.args else b""
+                if rest:
+                    self._upgraded.dataReceived(rest)
+                return
             # The upgrade request itself was answered (with Connection: close); whatever
             # follows it is another protocol we do not speak.
             self._closing = True
@@ -243,6 +253,14 @@ class HTTPChannel(Protocol):
             stats.requests += 1
             self._active = request
             request.process()
+
+    def switchProtocol(self, protocol: Any) -> None:
+        """Hand this connection to `protocol` (a WebSocket), from the upgrade request being
+        rendered on: it gets every byte that follows the request, `connectionLost`,
+        `connectionDraining` and the write buffer's `pause_writing`/`resume_writing`. HTTP's
+        timeouts stop applying: the new protocol keeps its own (pings)."""
+        self._upgraded = protocol
+        self._timeouts.discard(self)
 
     def pauseBody(self) -> None:
         """A streaming resource cannot keep up: stop reading until resumeBody."""
@@ -379,11 +397,15 @@ class HTTPChannel(Protocol):
         self._producer = None
 
     def pause_writing(self) -> None:
+        if self._upgraded is not None:
+            self._upgraded.pause_writing()
         if self._producer is not None:
             self._producer.pauseProducing()
         self._pauseReading(_PAUSED_WRITE)
 
     def resume_writing(self) -> None:
+        if self._upgraded is not None:
+            self._upgraded.resume_writing()
         if self._producer is not None:
             self._producer.resumeProducing()
         self._resumeReading(_PAUSED_WRITE)
@@ -466,6 +488,9 @@ class HTTPChannel(Protocol):
         Site.drainIdleTimeout (closing the moment it is idle races a keep-alive client that
         is sending its next request right then: the request would be lost)."""
         self._draining = True
+        if self._upgraded is not None:
+            self._upgraded.connectionDraining()
+            return
         idle = self._active is None and self._state == IDLE and not self._queue
         if idle and self._timeouts.now - self._since >= self._site.drainIdleTimeout:
             self._closing = True
@@ -475,6 +500,8 @@ class HTTPChannel(Protocol):
         self._timeouts.discard(self)
         self._closing = True
         self._queue.clear()
+        if self._upgraded is not None:
+            self._upgraded.connectionLost(reason)
         active = self._active
         if active is not None:
             active._connectionLost(reason or ConnectionError("connection lost"))

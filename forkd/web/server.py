@@ -62,6 +62,16 @@ class Site(Factory):
     lingerTimeout = 2.0
     #: pipelined requests held while a response is in progress before reading pauses
     maxPipelined = 16
+    #: WebSocket (forkd.web.websocket): the largest message, bytes (0: no limit), as the
+    #: websockets library's default
+    websocketMaxSize = 1024 * 1024
+    #: seconds between pings, and for the pong before the peer counts as gone (0: none)
+    websocketPingInterval = 20.0
+    websocketPingTimeout = 20.0
+    #: seconds a draining worker's WebSockets are left to their application before the
+    #: server closes them (1012 on a reload or restart, 1001 when the server stops)
+    websocketDrain = 5.0
+    websocketPerMessageDeflate = True
     #: methods answered 405 (with Allow) rather than 501 when a resource lacks them
     supportedMethods = (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS")
 
