@@ -284,6 +284,7 @@ class WebSocket:
     def _ping_lost(self) -> None:
         log.info("WebSocket peer %r did not answer a ping: closed", self.request.getClientIP())
         self._fail(INTERNAL_ERROR, "keepalive ping timeout")
+        self.transport.loseConnection()  # the close is sent; nobody will answer it
 
     def _going_away(self) -> None:
         code = GOING_AWAY if stats.shuttingDown else SERVICE_RESTART

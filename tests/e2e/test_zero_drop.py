@@ -7,11 +7,7 @@ next request on one sees an error. forkd's draining workers answer that request 
 
 from __future__ import annotations
 
-import http.client
 import pathlib
-import threading
-import time
-from typing import Any
 
 import pytest
 
@@ -20,53 +16,9 @@ from forkd.ports import TCPPort
 from forkd.testing import RunningForkd, forkctl, free_port, wait_for
 from forkd.web import server
 from forkd.web.hello import Hello
+from tests.loads import KeepAliveLoad
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
-
-
-class KeepAliveLoad:
-    """Clients that each reuse one HTTP/1.1 connection for request after request, as a
-    pooled client does, reconnecting only when the server said `Connection: close`."""
-
-    def __init__(self, port: int, clients: int = 8, limit: int = 200_000) -> None:
-        self.port = port
-        self.limit = limit
-        self.ok = 0
-        self.reconnects = 0
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
-
-    def _run(self) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        sent = 0
-        while not self._stop.is_set() and sent < self.limit:
-            sent += 1
-            try:
-                conn.request("GET", "/")
-                response = conn.getresponse()
-                body = response.read()
-                if response.status != 200 or body != b"Hello, world!\n":
-                    self.errors.append(f"status {response.status} body {body[:40]!r}")
-                else:
-                    self.ok += 1
-                if response.will_close:
-                    self.reconnects += 1
-                    conn.close()
-            except Exception as error:  # every kind of failure is a dropped request
-                self.errors.append(f"{type(error).__name__}: {error} at {time.time():.3f}")
-                conn.close()
-        conn.close()
-
-    def __enter__(self) -> KeepAliveLoad:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(15)
 
 
 def test_keep_alive_clients_lose_nothing_across_reloads_and_restarts(
