@@ -7,11 +7,11 @@ The application runs as a task on the worker's own event loop, one per request: 
 no second loop. It is called as soon as the request's headers are in; `receive()` yields
 the body as it arrives (`http.request` with `more_body`), then waits for the client to
 leave (`http.disconnect`); `send()` turns `http.response.start` and `http.response.body`
-into the forkd.web response, and waits for the socket when the client reads slower than
-the application writes. `Lifespan` runs the application's startup in each worker before
-it serves and its shutdown when it drains; the state it sets is copied into every
-request's scope. An upgrade request becomes a WebSocket session
-(forkd.web.asgi_websocket) on the same loop.
+into the forkd.web response, and waits while the client reads slower than the application
+writes (the channel pauses and resumes it with its write buffer). `Lifespan` runs the
+application's startup in each worker before it serves and its shutdown when it drains;
+the state it sets is copied into every request's scope. An upgrade request becomes a
+WebSocket session (forkd.web.asgi_websocket) on the same loop.
 """
 
 from __future__ import annotations
@@ -36,8 +36,6 @@ ASGIApplication = Callable[
     [Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]],
     Awaitable[None],
 ]
-
-HIGH_WATER = 1 << 20  # bytes unsent before send() waits for the client
 
 
 class LifespanFailed(Exception):
@@ -154,11 +152,24 @@ class _Exchange:
         self.scope = scope
         self.body: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.gone = asyncio.Event()
+        self.writable = asyncio.Event()
+        self.writable.set()
         self.body_done = False
         self.started = False
         self.finished = False
-        request.onBody(self.body.put_nowait, lambda: self.body.put_nowait(None), self.gone.set)
-        request.notifyFinish().addErrback(lambda reason: self.gone.set())
+        request.onBody(self.body.put_nowait, lambda: self.body.put_nowait(None), self._leave)
+        request.notifyFinish().addErrback(lambda reason: self._leave())
+
+    def _leave(self) -> None:
+        self.gone.set()
+        self.writable.set()  # a send() waiting for the client must not wait for ever
+
+    # the channel pauses and resumes a registered producer with its write buffer
+    def pauseProducing(self) -> None:
+        self.writable.clear()
+
+    def resumeProducing(self) -> None:
+        self.writable.set()
 
     async def receive(self) -> Message:
         if not self.body_done:
@@ -198,16 +209,21 @@ class _Exchange:
             if not message.get("more_body", False):
                 self.finished = True
                 request.finish()
-            elif request.channel.transport.getWriteBufferSize() > HIGH_WATER:
+            elif request.channel.writePaused:
                 await self._drained()
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r} for an HTTP request")
 
     async def _drained(self) -> None:
         """Wait while the client reads slower than the application writes."""
-        transport = self.request.channel.transport
-        while transport.getWriteBufferSize() > HIGH_WATER // 2 and not self.gone.is_set():
-            await asyncio.sleep(0.01)  # a poll of the socket buffer, not a synchronisation
+        channel = self.request.channel
+        self.writable.clear()
+        channel.registerProducer(self)
+        try:
+            if channel.writePaused and not self.gone.is_set():
+                await self.writable.wait()
+        finally:
+            channel.unregisterProducer()
 
     async def run(self) -> None:
         request = self.request

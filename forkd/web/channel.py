@@ -389,6 +389,11 @@ class HTTPChannel(Protocol):
         if not self._paused and self.connected and (self._lingering or not self._closing):
             self.transport.resumeProducing()
 
+    @property
+    def writePaused(self) -> bool:
+        """Whether the peer is behind: the write buffer is over its high-water mark."""
+        return bool(self._paused & _PAUSED_WRITE)
+
     def registerProducer(self, producer: Any) -> None:
         """Have `producer` paused and resumed with the write buffer (a file being sent)."""
         self._producer = producer

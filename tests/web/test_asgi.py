@@ -10,6 +10,8 @@ import fastapi
 import pytest
 from fastapi.responses import StreamingResponse
 
+from forkd.protocol import stats
+from forkd.testing import wait_for
 from forkd.web import server
 from forkd.web.asgi import ASGIResource
 from tests.webserving import ResponseReader, forkd_serve, get, json_from, request, serving
@@ -103,6 +105,49 @@ def test_a_body_reaches_the_application_as_it_arrives() -> None:
         assert int(total) == 200000 and int(messages) > 2 and path == b"/a b"
         empty = request(served.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert empty.status == 201 and empty.body.startswith(b"0 1 ")
+
+
+CHUNK, CHUNKS = 256 * 1024, 64  # 16 MiB in all
+
+
+class Streaming:
+    """An ASGI app that streams CHUNKS chunks as fast as send() lets it, counting them."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for _ in range(CHUNKS):
+            await send({"type": "http.response.body", "body": b"x" * CHUNK, "more_body": True})
+            self.sent += 1
+        await send({"type": "http.response.body", "body": b""})
+
+
+def test_a_client_that_does_not_read_holds_the_application_back() -> None:
+    """send() waits on the channel's write buffer: a slow reader costs bounded memory,
+    and reading on gets every byte."""
+    import socket
+
+    app = Streaming()
+    site = server.Site(ASGIResource(app))
+    with serving(site) as served:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", served.port))
+        with sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+
+            def held_back() -> bool:
+                channels = [p for p in list(stats.open) if getattr(p, "factory", None) is site]
+                return any(channel._producer is not None for channel in channels)
+
+            wait_for(lambda: served.call(held_back), message="send() waiting for the client")
+            assert app.sent * CHUNK < 8 * 1024 * 1024, "the application ran ahead"
+            response = ResponseReader(sock).read()
+        assert response.status == 200 and len(response.body) == CHUNK * CHUNKS
+        assert app.sent == CHUNKS
 
 
 FASTAPI_APP = """
