@@ -64,6 +64,11 @@ class HostedSite(Site):
     """A Site whose WSGI or ASGI resource is made in each worker from the app's name."""
 
     lifespan: Lifespan | None = None  # an ASGI application's, once imported in the worker
+    #: import the application in the master before forking (gunicorn's --preload), so the
+    #: workers share its memory; off (`--no-preload`) for one that starts threads or opens
+    #: connections at import, which would not survive the fork
+    preloadApp = True
+    _preloaded: Any = None
 
     def __init__(
         self,
@@ -86,10 +91,18 @@ class HostedSite(Site):
         state = super().__getstate__()
         state["resource"] = _Booting()  # the application is imported, never pickled
         state.pop("lifespan", None)
+        state.pop("_preloaded", None)
         return state
 
+    def preload(self) -> None:
+        """In the master, before any worker forks (forkd.supervisor.spawn.preload)."""
+        if self.preloadApp:
+            self._preloaded = load_application(self.app, self.pythonpath)
+
     def startFactory(self) -> None:
-        application = load_application(self.app, self.pythonpath)
+        application = self._preloaded
+        if application is None:
+            application = load_application(self.app, self.pythonpath)
         if self.interface == "asgi":
             resource = ASGIResource(application)
             self.lifespan = Lifespan(application, resource.state)

@@ -28,6 +28,9 @@ INTERFACE = "wsgi"
 
 
 class Options(usage.Options):
+    optFlags = [
+        ["no-preload", None, "Import the application in each worker, not once in the master."],
+    ]
     optParameters = [
         ["app", "a", None, "The application, MODULE:ATTRIBUTE."],
         ["port", "p", 8000, "TCP port to listen on.", usage.portCoerce],
@@ -60,4 +63,5 @@ def getPorts(app: Any, config: Any, interface: str = INTERFACE) -> list[tuple[An
         config["access-log"],
         settings=site_settings({option.dest: config[option.name] for option in SITE_OPTIONS}),
     )
+    site.preloadApp = not config["no-preload"]
     return [(TCPPort(config["port"], site, interface=config["interface"]), site)]

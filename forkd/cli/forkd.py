@@ -147,6 +147,11 @@ def add_serve(commands: Any) -> None:
     serve.add_argument("-l", "--logfile", metavar="LOG", help="log file, or - (default)")
     serve.add_argument("--pidfile", metavar="P")
     serve.add_argument("--control", metavar="P")
+    serve.add_argument(
+        "--no-preload",
+        action="store_true",
+        help="import the application in each worker (default: once, in the master)",
+    )
     from workers.site_options import SITE_OPTIONS
 
     for option in SITE_OPTIONS:
@@ -206,7 +211,7 @@ def serve(args: argparse.Namespace, argv: list[str]) -> int:
             os.path.abspath(args.pythonpath or "."),
             module,
             args.interface,
-            hosting.site_settings(vars(args)),
+            {**hosting.site_settings(vars(args)), "preloadApp": not args.no_preload},
         )
     except Exception as error:  # the application's own import error, or a bad --bind
         raise Failure(f"{args.app}: {type(error).__name__}: {error}") from None

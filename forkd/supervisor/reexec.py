@@ -31,7 +31,7 @@ import tempfile
 from typing import Any
 
 from forkd import tapfile
-from forkd.supervisor import logs
+from forkd.supervisor import logs, spawn
 
 ENV = "FORKD_REEXEC"
 log = logs.get("master")
@@ -80,6 +80,7 @@ def validate(path: str) -> str | None:
         application = tapfile.load(path)
         for port in application.ports:
             pickle.dumps(port)
+        spawn.preload(application)  # the new image will: an import error fails here first
     except tapfile.TapError as error:
         return str(error)
     except Exception as error:

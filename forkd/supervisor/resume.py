@@ -20,7 +20,7 @@ from typing import Any
 from forkd import tapfile
 from forkd.app import Application
 from forkd.ports import port_key
-from forkd.supervisor import logs
+from forkd.supervisor import logs, spawn
 from forkd.supervisor.daemon import sd_notify
 from forkd.supervisor.logs import LogSetup
 from forkd.supervisor.master import Master, MasterConfig
@@ -52,6 +52,7 @@ def resume(state: dict[str, Any], log_setup: LogSetup) -> Master:
     error = None
     try:
         application = tapfile.load(tap)
+        spawn.preload(application)
     except Exception as problem:  # validated moments ago; raced by an edit: keep the old one
         error = str(problem)
         application = _unpickle(old_pickle, tap)

@@ -1,11 +1,14 @@
 """The fork line: what happens on each side of `os.fork()` for a new worker, in one place.
 
-Before fork (in the master): every port is bound and the heap frozen (`Master.run` calls
-`gc.freeze()`, so pages of objects made so far stay shared), and a socketpair is made for
-the channel. After fork, in the child: drop the master's end, close every descriptor that
-belongs to the master (other workers' channels, the control socket and its clients, telnet
-sessions, the selector, the pidfile, the readiness pipe) and become a `Worker`, which never
-returns. In the master: close the worker's end and keep the pid and the channel.
+Before fork (in the master): each factory's `preload()` has run (`preload` below: a WSGI or
+ASGI application is imported here, as gunicorn's --preload does, so every worker shares its
+code and data instead of importing its own copy), every port is bound and the heap frozen
+(`Master.run` calls `gc.freeze()`, so pages of objects made so far stay shared), and a
+socketpair is made for the channel. After fork, in the child: drop the master's end,
+close every descriptor that belongs to the master (other workers' channels, the control
+socket and its clients, telnet sessions, the selector, the pidfile, the readiness pipe)
+and become a `Worker`, which never returns. In the master: close the worker's end and keep
+the pid and the channel.
 """
 
 from __future__ import annotations
@@ -17,6 +20,19 @@ from forkd.supervisor.channel import Channel
 from forkd.supervisor.daemon import Readiness
 from forkd.supervisor.logs import LogSetup
 from forkd.supervisor.worker import Worker, WorkerSettings, served_by_worker
+
+
+def preload(application: Any) -> None:
+    """Run each worker-served factory's `preload()` hook once, in the master, before any
+    worker forks. It must not start anything (no threads, loops or sockets: those would not
+    survive the fork); what it raises is the start's failure, with the factory's message."""
+    done: set[int] = set()
+    for port in application.ports:
+        factory = port.factory
+        hook = getattr(factory, "preload", None)
+        if hook is not None and served_by_worker(port) and id(factory) not in done:
+            done.add(id(factory))
+            hook()
 
 
 def fork_worker(

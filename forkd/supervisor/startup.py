@@ -23,7 +23,7 @@ from typing import Any
 from forkd import tapfile, taps
 from forkd.control.server import ControlSocketError
 from forkd.ports import PortError
-from forkd.supervisor import daemon, logs, privileges, resume
+from forkd.supervisor import daemon, logs, privileges, resume, spawn
 from forkd.supervisor.master import DEFAULT_GRACEFUL_TIMEOUT, DEFAULT_TIMEOUT, Master, MasterConfig
 from forkd.supervisor.pidfile import AlreadyRunning, PidFile, running_pid
 
@@ -79,6 +79,10 @@ def start(options: StartOptions) -> int:
         application = tapfile.load(tap)
     except tapfile.TapError as error:
         raise StartError(str(error)) from None
+    try:
+        spawn.preload(application)
+    except Exception as error:  # the application's own import error, said before forking
+        raise StartError(f"{os.path.basename(tap)}: {type(error).__name__}: {error}") from None
     for stale in tapfile.remove_stale_temporaries(tap):
         print(f"forkd: removed {stale}, left by an interrupted save", file=sys.stderr)
     try:

@@ -252,6 +252,60 @@ def test_forkd_serve_module_app_as_gunicorn_does_with_forkctl_reload(tmp_path: A
         assert json_from(port)["answer"] == 42
 
 
+PRELOADED_APP = """
+import os
+
+with open(os.path.join(os.path.dirname(__file__), "imports"), "a") as out:
+    out.write("%d\\n" % os.getpid())
+
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"%d %s" % (os.getpid(), ANSWER)]
+
+
+ANSWER = b"first"
+"""
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("preload", [True, False])
+def test_the_app_is_imported_once_in_the_master_unless_no_preload(
+    tmp_path: Any, preload: bool
+) -> None:
+    """As gunicorn's --preload: workers fork with the application already imported (they
+    share its memory); a reload still serves the new code (the master re-executes)."""
+    import urllib.request
+
+    from forkd.testing import RunningForkd, forkctl, free_port, make_tap, wait_for
+
+    (tmp_path / "preloaded.py").write_text(PRELOADED_APP)
+    port = free_port()
+    tap = make_tap(
+        tmp_path / "preloaded.tap",
+        "wsgi",
+        *("--app", "preloaded:app", "--port", str(port), "--pythonpath", str(tmp_path)),
+        *([] if preload else ["--no-preload"]),
+    )
+    (tmp_path / "imports").unlink()  # mktap imported it once, to check it
+    with RunningForkd(tap, workers=2) as forkd:
+        workers = forkd.wait_workers(2)
+        imports = {int(pid) for pid in (tmp_path / "imports").read_text().split()}
+        assert imports == ({forkd.pid} if preload else workers)
+
+        def answer() -> bytes:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
+                return bytes(response.read())
+
+        pid, _, said = answer().partition(b" ")
+        assert int(pid) in workers and said == b"first"
+        (tmp_path / "preloaded.py").write_text(PRELOADED_APP.replace('b"first"', 'b"second"'))
+        reloaded = forkctl(str(tmp_path / "preloaded.ctl"), "reload")
+        assert reloaded.returncode == 0, reloaded.stderr + forkd.log()[-3000:]
+        forkd.wait_workers(2, exclude=workers, timeout=30)
+        wait_for(lambda: answer().endswith(b" second"), message="the new code after reload")
+
+
 def test_flask_send_file_goes_by_sendfile(tmp_path: Any, monkeypatch: Any) -> None:
     """Werkzeug wraps the file in environ["wsgi.file_wrapper"]: forkd sends it zero-copy."""
     from forkd.web.request import Request
