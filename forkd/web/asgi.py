@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -140,6 +141,7 @@ def scope_for(request: Any, root_path: str = "") -> Scope:
         "client": (str(peer[1]), int(peer[2])) if len(peer) > 2 else None,
         "server": (str(host[1]), int(host[2])) if len(host) > 2 else None,
         "state": {},
+        "extensions": {"http.response.pathsend": {}},
     }
 
 
@@ -211,8 +213,30 @@ class _Exchange:
                 request.finish()
             elif request.channel.writePaused:
                 await self._drained()
+        elif kind == "http.response.pathsend":
+            if not self.started or self.finished:
+                raise RuntimeError("http.response.pathsend outside a response")
+            self._pathsend(str(message["path"]))
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r} for an HTTP request")
+
+    def _pathsend(self, path: str) -> None:
+        """The `http.response.pathsend` extension: the file at `path` is the whole body,
+        sent by sendfile (zero copy) from the event loop."""
+        request = self.request
+        file = open(path, "rb")  # noqa: SIM115 - closed by the sender when the body is out
+        try:
+            size = os.fstat(file.fileno()).st_size
+        except OSError:
+            file.close()
+            raise
+        self.finished = True
+        declared = request.responseHeaders.getRawHeaders(b"content-length")
+        if declared:
+            size = min(size, int(declared[-1]))
+        else:
+            request.setHeader(b"content-length", b"%d" % size)
+        request.sendfile(file, 0, size)
 
     async def _drained(self) -> None:
         """Wait while the client reads slower than the application writes."""

@@ -227,3 +227,37 @@ def test_lifespan_runs_in_each_worker_and_its_failure_fails_the_start(tmp_path: 
     (tmp_path / "broken").write_text("")
     failed = run_forkd("start", tap, "-n", "-w", "1", timeout=60)
     assert failed.returncode == 1 and "cannot reach the database" in failed.stderr
+
+
+def test_a_fastapi_file_response_goes_by_pathsend_and_sendfile(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """Starlette's FileResponse sends `http.response.pathsend` when the server offers the
+    extension: forkd sends the file zero-copy from the loop, not read in chunks."""
+    from fastapi.responses import FileResponse
+
+    from forkd.web.request import Request
+
+    data = bytes(range(256)) * 4096  # 1 MiB
+    (tmp_path / "blob.bin").write_bytes(data)
+    app = fastapi.FastAPI()
+
+    @app.api_route("/blob", methods=["GET", "HEAD"])
+    async def blob() -> FileResponse:
+        return FileResponse(tmp_path / "blob.bin")
+
+    sent: list[int] = []
+    real = Request.sendfile
+
+    def counting(self: Any, file: Any, offset: int, count: int) -> None:
+        sent.append(count)
+        real(self, file, offset, count)
+
+    monkeypatch.setattr(Request, "sendfile", counting)
+    with serving(server.Site(ASGIResource(app))) as site:
+        response = get(site.port, b"/blob")
+        head = request(site.port, b"HEAD /blob HTTP/1.1\r\nHost: x\r\n\r\n", head=True)
+    assert response.status == 200 and response.body == data
+    assert response.headers[b"content-length"] == b"%d" % len(data)
+    assert sent and sent[0] == len(data), "sent with sendfile"
+    assert head.status == 200 and head.body == b""
