@@ -28,7 +28,7 @@ import socket
 import stat
 from typing import Any
 
-from forkd.protocol import protocol_factory
+from forkd.protocol import address_tuple, protocol_factory
 
 Socket = socket.socket  # the class attribute `socket` below shadows the module there
 
@@ -213,3 +213,45 @@ class UNIXPort(_SocketPort):
 
     def __repr__(self) -> str:
         return f"<{factory_name(self.factory)} on {self.path}>"
+
+
+class InheritedPort(_SocketPort):
+    """A listening socket this process was started with, by descriptor number (gunicorn's
+    `--bind fd://N`: a supervisor or a parent bound it). TCP or UNIX, whatever it is; what
+    is not a listening stream socket is refused when the port starts."""
+
+    def __init__(self, fd: int, factory: Any) -> None:
+        self.fd = int(fd)
+        self.factory = factory
+
+    @property
+    def key(self) -> str:
+        return f"fd:{self.fd}"
+
+    def startListening(self) -> None:
+        try:
+            sock = socket.socket(fileno=self.fd)
+        except OSError as error:
+            raise PortError(f"fd://{self.fd}: {os.strerror(error.errno or 0)}") from None
+        listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        if sock.type != socket.SOCK_STREAM or not listening:
+            sock.detach()  # not ours to close
+            raise PortError(f"fd://{self.fd} is not a listening stream socket")
+        os.set_inheritable(self.fd, False)
+        sock.setblocking(False)
+        self.socket = sock
+
+    def getHost(self) -> tuple[Any, ...]:
+        if self.socket is None:
+            return ("FD", self.fd)
+        return address_tuple(self.socket.getsockname(), self.socket.family)
+
+    async def serve(self, loop: asyncio.AbstractEventLoop) -> asyncio.AbstractServer:
+        assert self.socket is not None, "startListening() first"
+        factory = protocol_factory(self.factory, self)
+        if self.socket.family == socket.AF_UNIX:
+            return await loop.create_unix_server(factory, sock=self.socket)
+        return await loop.create_server(factory, sock=self.socket)
+
+    def __repr__(self) -> str:
+        return f"<{factory_name(self.factory)} on fd {self.fd}>"

@@ -222,7 +222,9 @@ def json_from(port: int, path: str = "/") -> Any:
 
 
 @contextlib.contextmanager
-def forkd_serve(directory: Any, *args: str, env: dict[str, str] | None = None) -> Iterator[Any]:
+def forkd_serve(
+    directory: Any, *args: str, env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = ()
+) -> Iterator[Any]:
     """`forkd serve ARGS` in the foreground, run in `directory`, for the length of a
     `with` block; leaving sends TERM and asserts it stopped with exit 0."""
     import signal
@@ -235,6 +237,7 @@ def forkd_serve(directory: Any, *args: str, env: dict[str, str] | None = None) -
         cwd=directory,
         env=env or forkd_env(),
         stderr=subprocess.PIPE,
+        pass_fds=pass_fds,
         text=True,
     )
     try:

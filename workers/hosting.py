@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from forkd.app import Application
-from forkd.ports import TCPPort, UNIXPort
+from forkd.ports import InheritedPort, TCPPort, UNIXPort
 from forkd.web.asgi import ASGIResource, Lifespan
 from forkd.web.resource import Resource
 from forkd.web.server import Site
@@ -123,12 +123,17 @@ class HostedSite(Site):
 
 
 def parse_bind(text: str, factory: Any) -> Any:
-    """A gunicorn `--bind`: HOST:PORT, [IPV6]:PORT, :PORT or unix:PATH."""
+    """A gunicorn `--bind`: HOST:PORT, [IPV6]:PORT, :PORT, unix:PATH or fd://N."""
     if text.startswith("unix:"):
         return UNIXPort(text[len("unix:") :], factory)
+    if text.startswith("fd://"):
+        number = text[len("fd://") :]
+        if not number.isdigit():
+            raise ValueError(f"bad --bind {text!r}: fd:// takes a descriptor number")
+        return InheritedPort(int(number), factory)
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"bad --bind {text!r}: give HOST:PORT, [::1]:PORT or unix:PATH")
+        raise ValueError(f"bad --bind {text!r}: give HOST:PORT, [::1]:PORT, unix:PATH or fd://N")
     return TCPPort(int(port), factory, interface=host.strip("[]"))
 
 

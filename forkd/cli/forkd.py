@@ -123,7 +123,7 @@ def add_serve(commands: Any) -> None:
         "--bind",
         action="append",
         metavar="ADDR",
-        help="HOST:PORT, [::1]:PORT or unix:PATH; repeatable "
+        help="HOST:PORT, [::1]:PORT, unix:PATH or fd://N; repeatable "
         "(default 127.0.0.1:8000, or 0.0.0.0:$PORT when PORT is set)",
     )
     serve.add_argument(
