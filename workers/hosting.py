@@ -122,10 +122,11 @@ class HostedSite(Site):
             await self.lifespan.shutdown()
 
 
-def parse_bind(text: str, factory: Any) -> Any:
+def parse_bind(text: str, factory: Any, backlog: int | None = None) -> Any:
     """A gunicorn `--bind`: HOST:PORT, [IPV6]:PORT, :PORT, unix:PATH or fd://N."""
+    queue = {"backlog": backlog} if backlog else {}
     if text.startswith("unix:"):
-        return UNIXPort(text[len("unix:") :], factory)
+        return UNIXPort(text[len("unix:") :], factory, **queue)
     if text.startswith("fd://"):
         number = text[len("fd://") :]
         if not number.isdigit():
@@ -134,7 +135,7 @@ def parse_bind(text: str, factory: Any) -> Any:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
         raise ValueError(f"bad --bind {text!r}: give HOST:PORT, [::1]:PORT, unix:PATH or fd://N")
-    return TCPPort(int(port), factory, interface=host.strip("[]"))
+    return TCPPort(int(port), factory, interface=host.strip("[]"), **queue)
 
 
 def serve_application(
@@ -145,6 +146,7 @@ def serve_application(
     name: str,
     interface: str = "auto",
     settings: Mapping[str, Any] | None = None,
+    backlog: int | None = None,
 ) -> Application:
     """The Application `forkd serve MODULE:APP --bind ...` runs: one HostedSite on every
     bind, the application resolved first (as the taps do) to pick its interface."""
@@ -153,5 +155,5 @@ def serve_application(
     site = HostedSite(app, pythonpath, kind, threads, settings=settings)
     application = Application(name)
     for bind in binds:
-        application.addPort(parse_bind(bind, site))
+        application.addPort(parse_bind(bind, site, backlog))
     return application

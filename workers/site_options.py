@@ -33,6 +33,7 @@ class SiteOption:
     attribute: str
     coerce: Callable[[str], Any]
     help: str
+    aliases: tuple[str, ...] = ()  # the other peer's name, on `forkd serve`
 
     @property
     def dest(self) -> str:
@@ -43,6 +44,13 @@ class SiteOption:
 
 
 SITE_OPTIONS = (
+    SiteOption(
+        "keep-alive",
+        "keepAliveTimeout",
+        float,
+        "Seconds an idle keep-alive connection is kept open.",
+        aliases=("timeout-keep-alive",),
+    ),
     SiteOption("ws-max-size", "websocketMaxSize", int, "Largest WebSocket message, bytes."),
     SiteOption(
         "ws-ping-interval", "websocketPingInterval", float, "Seconds between WebSocket pings."

@@ -87,26 +87,35 @@ def add_start(commands: Any) -> None:
         default=None,
         help="worker processes (default: the number of CPUs)",
     )
-    start.add_argument("--pidfile", metavar="P", help="default <base>.pid beside the tap")
-    start.add_argument("--control", metavar="P", help="control socket, default <base>.ctl")
-    start.add_argument("-u", "--uid", metavar="USER", help="run as USER (default: the tap's)")
-    start.add_argument("-g", "--gid", metavar="GROUP", help="run as GROUP (default: the tap's)")
+    add_supervision(start)
     start.add_argument(
+        "--no-save", action="store_true", help="do not write <base>-shutdown.tap on stop"
+    )
+
+
+def add_supervision(command: Any) -> None:
+    """What `forkd start` and `forkd serve` share: the master's files, user and timeouts."""
+    command.add_argument("--pidfile", metavar="P", help="default <base>.pid beside the tap")
+    command.add_argument("--control", metavar="P", help="control socket, default <base>.ctl")
+    command.add_argument(
+        "-u", "--uid", "--user", metavar="USER", help="run as USER (default: the tap's)"
+    )
+    command.add_argument(
+        "-g", "--gid", "--group", metavar="GROUP", help="run as GROUP (default: the tap's)"
+    )
+    command.add_argument(
         "--graceful-timeout",
         type=positive_seconds,
         default=DEFAULT_GRACEFUL_TIMEOUT,
         metavar="S",
         help="seconds a stopping worker may take to finish (default %(default)g)",
     )
-    start.add_argument(
+    command.add_argument(
         "--timeout",
         type=positive_seconds,
         default=DEFAULT_TIMEOUT,
         metavar="S",
         help="kill a worker silent this long (default %(default)g)",
-    )
-    start.add_argument(
-        "--no-save", action="store_true", help="do not write <base>-shutdown.tap on stop"
     )
 
 
@@ -144,9 +153,13 @@ def add_serve(commands: Any) -> None:
     serve.add_argument("--chdir", metavar="DIR", help="change to DIR first")
     serve.add_argument("--pythonpath", metavar="DIR", help="import MODULE from DIR (default .)")
     serve.add_argument("-D", "--daemon", action="store_true", help="detach (default: foreground)")
-    serve.add_argument("-l", "--logfile", metavar="LOG", help="log file, or - (default)")
-    serve.add_argument("--pidfile", metavar="P")
-    serve.add_argument("--control", metavar="P")
+    serve.add_argument(
+        "-l", "--logfile", "--log-file", metavar="LOG", help="log file, or - (default)"
+    )
+    serve.add_argument(
+        "--backlog", type=worker_count, default=None, help="listen queue length of each bind"
+    )
+    add_supervision(serve)
     serve.add_argument(
         "--no-preload",
         action="store_true",
@@ -155,7 +168,8 @@ def add_serve(commands: Any) -> None:
     from workers.site_options import SITE_OPTIONS
 
     for option in SITE_OPTIONS:
-        serve.add_argument(f"--{option.name}", type=option.coerce, help=option.describe())
+        names = [f"--{name}" for name in (option.name, *option.aliases)]
+        serve.add_argument(*names, dest=option.dest, type=option.coerce, help=option.describe())
 
 
 # -- start ---------------------------------------------------------------------------------
@@ -212,6 +226,7 @@ def serve(args: argparse.Namespace, argv: list[str]) -> int:
             module,
             args.interface,
             {**hosting.site_settings(vars(args)), "preloadApp": not args.no_preload},
+            args.backlog,
         )
     except Exception as error:  # the application's own import error, or a bad --bind
         raise Failure(f"{args.app}: {type(error).__name__}: {error}") from None
@@ -224,6 +239,10 @@ def serve(args: argparse.Namespace, argv: list[str]) -> int:
         workers=workers,
         pidfile=args.pidfile,
         control=args.control,
+        uid=args.uid,
+        gid=args.gid,
+        graceful_timeout=args.graceful_timeout,
+        timeout=args.timeout,
         argv=argv,
     )
     return run(options)
