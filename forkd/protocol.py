@@ -16,8 +16,12 @@ import asyncio
 import inspect
 import logging
 import socket
+from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any
+
+#: upper bounds (seconds) of the request-duration histogram: prometheus_client's defaults
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class ConnectionDone(Exception):
@@ -32,10 +36,25 @@ class ConnectionStats:
     """Per-process connection bookkeeping read by the worker (heartbeats, graceful drain).
 
     One instance per process (`stats` below): protocols add themselves when a connection is
-    made and remove themselves when it is lost, and HTTP-like protocols count requests.
+    made and remove themselves when it is lost, and HTTP-like protocols count requests and
+    their responses (by status class, and a duration histogram). The worker sends
+    `metrics()` to the master with each heartbeat; the master adds up its workers (and
+    keeps what exited ones had served) for `/metrics`. Every count is a list element or an
+    attribute: the hot path pays an increment, never a lookup by name.
     """
 
-    __slots__ = ("open", "accepted", "requests", "draining", "shuttingDown")
+    __slots__ = (
+        "open",
+        "accepted",
+        "requests",
+        "draining",
+        "shuttingDown",
+        "responses",
+        "latency",
+        "latencySum",
+        "byPort",
+        "probes",
+    )
 
     def __init__(self) -> None:
         self.open: set[Protocol] = set()
@@ -47,6 +66,59 @@ class ConnectionStats:
         # Set when the master says the whole server is stopping (not this worker alone being
         # replaced): long-lived protocols tell their peers "going away", not "restarting".
         self.shuttingDown = False
+        self.responses = [0] * 6  # by status class: [code // 100]; [0] for nonsense codes
+        self.latency = [0] * (len(LATENCY_BUCKETS) + 1)  # per bucket; the last is +Inf
+        self.latencySum = 0.0
+        self.byPort: dict[Any, list[int]] = {}  # port -> [connections, requests]
+        # callables a resource registers, returning gauges of its own (busy WSGI threads)
+        self.probes: list[Callable[[], dict[str, float]]] = []
+
+    def countsFor(self, port: Any) -> list[int]:
+        """The [connections, requests] counters of `port` (made on first use)."""
+        counts = self.byPort.get(port)
+        if counts is None:
+            counts = self.byPort[port] = [0, 0]
+        return counts
+
+    def responded(self, code: int, seconds: float | None = None) -> None:
+        """One response: its status class, and its duration if it had a request."""
+        self.responses[code // 100 if 100 <= code < 600 else 0] += 1
+        if seconds is not None:
+            self.latency[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+            self.latencySum += seconds
+
+    def metrics(self) -> dict[str, float]:
+        """Every count as one flat JSON-able mapping, `name` or `name|label`: counters
+        only ever rise in a process, gauges are the present value (see
+        forkd.supervisor.metrics for which is which)."""
+        out: dict[str, float] = {
+            "accepted": self.accepted,
+            "requests": self.requests,
+            "connections": len(self.open),
+            "latency_sum": self.latencySum,
+        }
+        for kind, count in enumerate(self.responses):
+            if count:
+                out[f"responses|{kind}xx" if kind else "responses|other"] = count
+        for index, count in enumerate(self.latency):
+            if count:
+                bound = LATENCY_BUCKETS[index] if index < len(LATENCY_BUCKETS) else "+Inf"
+                out[f"latency|{bound}"] = count
+        open_by_port: dict[Any, int] = {}
+        for protocol in self.open:
+            open_by_port[protocol.server] = open_by_port.get(protocol.server, 0) + 1
+        for port, (connections, requests) in self.byPort.items():
+            key = getattr(port, "key", None)
+            if key is not None:
+                out[f"port_accepted|{key}"] = connections
+                out[f"port_requests|{key}"] = requests
+                out[f"port_connections|{key}"] = open_by_port.get(port, 0)
+        for probe in self.probes:
+            try:
+                out.update(probe())
+            except Exception:  # a gauge must never stop the heartbeat
+                log.exception("metrics probe %r failed", probe)
+        return out
 
 
 stats = ConnectionStats()
@@ -259,6 +331,8 @@ class Protocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         stats.accepted += 1
         stats.open.add(self)
+        if self.server is not None:
+            stats.countsFor(self.server)[0] += 1
         try:
             self.makeConnection(Transport(transport), self.server)
             if stats.draining:

@@ -117,6 +117,19 @@ def add_supervision(command: Any) -> None:
         metavar="S",
         help="kill a worker silent this long (default %(default)g)",
     )
+    command.add_argument(
+        "--metrics",
+        type=metrics_address,
+        metavar="HOST:PORT",
+        help="serve /metrics (Prometheus), /livez and /readyz from the master there",
+    )
+    command.add_argument(
+        "--shutdown-delay",
+        type=positive_seconds,
+        default=0.0,
+        metavar="S",
+        help="on TERM, fail /readyz and keep serving S seconds before draining (Kubernetes)",
+    )
 
 
 def add_serve(commands: Any) -> None:
@@ -194,6 +207,8 @@ def start(args: argparse.Namespace, argv: list[str]) -> int:
         graceful_timeout=args.graceful_timeout,
         timeout=args.timeout,
         save_on_stop=not args.no_save,
+        metrics=args.metrics,
+        shutdown_delay=args.shutdown_delay,
         argv=argv,
     )
     return run(options)
@@ -243,9 +258,19 @@ def serve(args: argparse.Namespace, argv: list[str]) -> int:
         gid=args.gid,
         graceful_timeout=args.graceful_timeout,
         timeout=args.timeout,
+        metrics=args.metrics,
+        shutdown_delay=args.shutdown_delay,
         argv=argv,
     )
     return run(options)
+
+
+def metrics_address(text: str) -> str:
+    """--metrics HOST:PORT (or :PORT, [::1]:PORT), checked at once."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"want HOST:PORT, not {text!r}")
+    return text
 
 
 # -- stop and status -----------------------------------------------------------------------

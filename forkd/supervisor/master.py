@@ -38,13 +38,15 @@ import setproctitle
 from forkd.control.api import Done
 from forkd.control.commands import scale as scale_spec
 from forkd.control.masterports import MasterPorts
+from forkd.control.metrics_http import MetricsFactory
 from forkd.control.server import ControlServer
-from forkd.ports import PortError, port_key
-from forkd.supervisor import logs, reexec, spawn, status
+from forkd.ports import PortError, TCPPort, port_key
+from forkd.supervisor import logs, metrics, reexec, spawn, status
 from forkd.supervisor.channel import Channel
 from forkd.supervisor.daemon import Readiness, sd_notify
 from forkd.supervisor.logs import LogSetup
 from forkd.supervisor.loop import Loop, Timer
+from forkd.supervisor.metrics import MasterMetrics
 from forkd.supervisor.pidfile import PidFile
 from forkd.supervisor.port_changes import PortChanges, call
 from forkd.supervisor.rollout import Rollouts
@@ -65,6 +67,7 @@ __all__ = ["HANDLED_SIGNALS", "Master", "MasterConfig", "MasterState"]
 log = logs.get("master")
 
 HANDLED_SIGNALS = ["HUP", "INT", "QUIT", "TERM", "TTIN", "TTOU", "USR1", "USR2", "WINCH", "CHLD"]
+LAG_PROBE = 1.0  # seconds between the master loop's lag probes
 DEFAULT_GRACEFUL_TIMEOUT = 30.0
 DEFAULT_TIMEOUT = 30.0
 
@@ -79,6 +82,8 @@ class MasterConfig:
     save_on_stop: bool = True
     control_path: str | None = None
     pidfile_path: str | None = None
+    metrics: str | None = None  # HOST:PORT of /metrics, /livez and /readyz
+    shutdown_delay: float = 0.0  # seconds between readiness failing and the drain, on TERM
     argv: list[str] = field(default_factory=list)  # `forkd start ...` arguments, for re-exec
 
 
@@ -105,7 +110,10 @@ class Master:
         self.pool = WorkerPool(self.loop, self, self._fork, config.graceful_timeout, config.timeout)
         self.master_ports = MasterPorts(self)  # ports served in this loop (telnet)
         self.port_changes = PortChanges(self.pool, self.master_ports)
-        self.rollouts = Rollouts(self.pool)
+        self.metrics = MasterMetrics()
+        self.rollouts = Rollouts(self.pool, self.metrics)
+        self.metrics_port: Any = None  # the listening port of --metrics
+        self.delaying_stop: Timer | None = None  # --shutdown-delay running: not ready
         self.control: ControlServer | None = None
         self.target = max(0, config.workers)
         self.backoff = SlotBackoff()  # respawn delays of slots failing early
@@ -162,6 +170,40 @@ class Master:
         """Ports whose factory says `servedByMaster` (telnet) are served in this loop."""
         if not served_by_worker(port) and port not in self.master_ports:
             self.master_ports.serve(port)
+
+    def serve_metrics(self, fd: int | None = None) -> None:
+        """Serve /metrics, /livez and /readyz on `config.metrics` (HOST:PORT) in this
+        loop, or on `fd`, the same socket adopted after a re-exec."""
+        if not self.config.metrics:
+            return
+        host, _, number = self.config.metrics.rpartition(":")
+        port = TCPPort(int(number), MetricsFactory(), interface=host.strip("[]"))
+        if fd is None:
+            port.startListening()
+        else:
+            port.adopt(fd)
+        self.metrics_port = port
+        self.master_ports.serve(port)
+        self._probe_loop_lag(self.loop.clock())
+
+    def _probe_loop_lag(self, expected: float) -> None:
+        """How late a timer fires is how long the loop was busy (or the host starved it)."""
+        now = self.loop.clock()
+        self.metrics.loop_lag = max(0.0, now - expected)
+        due = now + LAG_PROBE
+        self.loop.call_later(LAG_PROBE, lambda: self._probe_loop_lag(due))
+
+    def metrics_exposition(self) -> bytes:
+        return metrics.exposition(self)
+
+    def ready(self) -> bool:
+        """Whether a load balancer should send traffic: running, not about to stop, and a
+        ready worker of the serving generation for every worker-served port."""
+        if self.state is not MasterState.RUNNING or self.delaying_stop is not None:
+            return False
+        serving = [w for w in self.pool.current() if w.state is WorkerState.READY]
+        has_worker_ports = any(served_by_worker(p) for p in self.application.ports)
+        return bool(serving) or not has_worker_ports
 
     def start_control(self, fd: int | None = None, owner: int | None = None) -> None:
         """Open the control socket (or adopt `fd`, after a re-exec) when one is configured;
@@ -254,6 +296,13 @@ class Master:
         self.pool.reap()
 
     def handle_term(self) -> None:
+        delay = self.config.shutdown_delay
+        if delay > 0 and self.state is MasterState.RUNNING and self.delaying_stop is None:
+            # Kubernetes: readiness fails now, the ports serve on while the endpoints
+            # controller and the load balancers stop sending, then the drain begins
+            log.info("stopping in %gs (--shutdown-delay): /readyz answers 503 now", delay)
+            self.delaying_stop = self.loop.call_later(delay, lambda: self.stop(graceful=True))
+            return
         self.stop(graceful=True)
 
     handle_int = handle_term
@@ -300,6 +349,7 @@ class Master:
             # several beats per timeout: one late timer must not look like a hung worker
             heartbeat_interval=min(HEARTBEAT_INTERVAL, self.config.timeout / 4),
         )
+        self.metrics.count("worker_starts")
         return spawn.fork_worker(self.application, settings, self.log_setup, self.readiness)
 
     def manage_workers(self) -> None:
@@ -315,7 +365,7 @@ class Master:
         elif len(current) > self.target:
             extra = sorted(current, key=lambda w: (w.state is WorkerState.READY, -w.number))
             for worker in extra[: len(current) - self.target]:
-                self.pool.stop(worker, graceful=True)
+                self.pool.stop(worker, graceful=True, reason="scale")
         for worker in current:
             if worker.number in self.backoff.slots and not failed_early(worker, now):
                 log.info("worker %d is stable again: its backoff is reset", worker.number)
@@ -356,6 +406,7 @@ class Master:
         self.port_changes.acknowledged(worker, message)
 
     def worker_gone(self, worker: WorkerProcess) -> None:
+        self.metrics.worker_exited(worker, worker.exit_reason)
         self.port_changes.worker_gone(worker)
 
     def fail(self, reason: str) -> None:
@@ -467,6 +518,8 @@ class Master:
                 self.pool.signal_all(signal.SIGQUIT)
             return
         self.state = MasterState.STOPPING
+        if self.delaying_stop is not None:
+            self.delaying_stop.cancel()
         self.rollouts.abandon("the master is stopping")
         sd_notify("STOPPING=1")
         log.info("stopping (%s)", "graceful" if graceful else "fast")
@@ -532,7 +585,12 @@ class Master:
             "pidfile_fd": None,
             "log": self.log_setup.path if self.log_setup is not None else None,
             "log_redirect": self.log_setup.redirect_std if self.log_setup is not None else False,
+            "metrics": self.metrics.snapshot(self.pool.all()),
+            "metrics_fd": None,
         }
+        if self.metrics_port is not None and self.metrics_port.socket is not None:
+            state["metrics_fd"] = self.metrics_port.fileno()
+            fds.append(state["metrics_fd"])
         for port in self.application.ports:
             if getattr(port, "socket", None) is not None:
                 state["ports"][port_key(port)] = port.fileno()

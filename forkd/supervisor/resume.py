@@ -71,6 +71,8 @@ def resume(state: dict[str, Any], log_setup: LogSetup) -> Master:
     adopt_sockets(application, sockets)
     master.pool.restore(state["workers"])
     master.start_control(fd=_adopt_fd(state.get("control_fd")))
+    master.metrics.restore(state.get("metrics"))
+    master.serve_metrics(fd=_adopt_fd(state.get("metrics_fd")))
     if master.control is not None and state.get("control") is not None:
         master.control.resume(state["control"])  # takes back the detached requests
         finished = master.control.reload_finished

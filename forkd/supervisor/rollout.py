@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from forkd.control.api import Done
 from forkd.supervisor import logs, reexec
 from forkd.supervisor.daemon import sd_notify
+from forkd.supervisor.metrics import MasterMetrics
 from forkd.supervisor.port_changes import call
 from forkd.supervisor.supervision import WorkerProcess, WorkerState
 from forkd.supervisor.workers import WorkerPool
@@ -54,8 +55,9 @@ class Rollout:
 class Rollouts:
     """The rollout in progress (at most one), and a reload still being validated."""
 
-    def __init__(self, pool: WorkerPool) -> None:
+    def __init__(self, pool: WorkerPool, metrics: MasterMetrics | None = None) -> None:
         self.pool = pool
+        self.metrics = metrics or MasterMetrics()  # outcomes, as forkd_rollouts_total
         self.current: Rollout | None = None
         self.reloading: Done | None = None  # validating; answered once the exec failed
         self.retired_sockets: list[socket.socket] = []  # closed when the rollout ends
@@ -112,6 +114,7 @@ class Rollouts:
             if error is not None:
                 finished, self.reloading = self.reloading, None
                 log.error("reload refused: %s", error)
+                self.metrics.count("rollouts|reload|refused")
                 if not stopping():
                     sd_notify("READY=1")
                 call(finished, error)
@@ -134,8 +137,9 @@ class Rollouts:
         self.current = None
         for worker in self.pool.all():
             if worker.generation != self.pool.generation and worker.alive_for_service:
-                self.pool.stop(worker, graceful=True)
+                self.pool.stop(worker, graceful=True, reason=rollout.kind.value)
         self.close_retired()
+        self.metrics.count(f"rollouts|{rollout.kind.value}|done")
         log.info("%s done: generation %d serves", rollout.kind, self.pool.generation)
         if rollout.kind is RolloutKind.RELOAD:
             sd_notify("READY=1")
@@ -152,8 +156,9 @@ class Rollouts:
         self.current = None
         for other in self.pool.all():
             if other.generation == self.pool.generation:
-                self.pool.stop(other, graceful=False)
+                self.pool.stop(other, graceful=False, reason="rollback")
         self.pool.generation = rollout.old_generation
+        self.metrics.count(f"rollouts|{rollout.kind.value}|rolled_back")
         if rollout.rollback is not None:
             rollout.rollback()
         log.error(
@@ -174,6 +179,7 @@ class Rollouts:
         rollout, self.current = self.current, None
         if rollout is not None:
             log.info("%s abandoned: %s", rollout.kind, reason)
+            self.metrics.count(f"rollouts|{rollout.kind.value}|abandoned")
             for done in rollout.done:
                 call(done, reason)
         # a reload still validating: its callback sees the stop and does not exec

@@ -49,6 +49,8 @@ class StartOptions:
     graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT
     timeout: float = DEFAULT_TIMEOUT
     save_on_stop: bool = True
+    metrics: str | None = None  # HOST:PORT for /metrics, /livez, /readyz
+    shutdown_delay: float = 0.0
     argv: list[str] = field(default_factory=list)  # to re-execute the same command line
 
     @property
@@ -125,6 +127,8 @@ def start(options: StartOptions) -> int:
         save_on_stop=options.save_on_stop,
         control_path=options.control_path,
         pidfile_path=options.pid_path,
+        metrics=options.metrics,
+        shutdown_delay=options.shutdown_delay,
         argv=options.argv,
     )
     if options.workers is not None:
@@ -132,6 +136,7 @@ def start(options: StartOptions) -> int:
     master = Master(application, config, log_setup, readiness, pidfile)
     try:
         master.bind_ports()
+        master.serve_metrics()
         master.start_control(owner=uid)
         privileges.drop(uid, gid)
     except (PortError, ControlSocketError, privileges.PrivilegeError, OSError, ValueError) as error:

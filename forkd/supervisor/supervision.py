@@ -53,6 +53,8 @@ class WorkerProcess:
     kill_at: float | None = None  # SIGKILL deadline once stopping or timed out
     exit_signal: int | None = None  # the signal that ended it, once reaped
     was_ready: bool = False  # said "ready" once: its later failures are not boot failures
+    metrics: dict[str, float] = field(default_factory=dict)  # its counts, at its last beat
+    exit_reason: str = "stopped"  # how it ended (forkd.supervisor.metrics.EXIT_REASONS)
 
     def __post_init__(self) -> None:
         if not self.last_beat:
@@ -64,6 +66,11 @@ class WorkerProcess:
             value = counters.get(name)
             if isinstance(value, int):
                 setattr(self, name, value)
+        reported = counters.get("metrics")
+        if isinstance(reported, dict):
+            self.metrics = {
+                str(k): float(v) for k, v in reported.items() if isinstance(v, (int, float))
+            }
 
     @property
     def alive_for_service(self) -> bool:

@@ -219,6 +219,7 @@ class Worker:
             "connections": len(stats.open),
             "accepted": stats.accepted,
             "requests": stats.requests,
+            "metrics": stats.metrics(),
         }
 
     def heartbeat(self) -> None:

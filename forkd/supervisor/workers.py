@@ -107,11 +107,13 @@ class WorkerPool:
         self.workers[worker.pid] = worker
         self.loop.add_reader(worker.channel.fd, functools.partial(self.on_channel, worker))
 
-    def stop(self, worker: WorkerProcess, graceful: bool) -> None:
-        """Ask a worker to stop; SIGKILL it if it outlives the graceful timeout."""
+    def stop(self, worker: WorkerProcess, graceful: bool, reason: str = "stopped") -> None:
+        """Ask a worker to stop; SIGKILL it if it outlives the graceful timeout. `reason`
+        is what its exit counts as (a reload, a scale-down, the server's shutdown, ...)."""
         if worker.state is WorkerState.STOPPING:
             return
         worker.state = WorkerState.STOPPING
+        worker.exit_reason = reason
         grace = self.graceful_timeout if graceful else 0.0
         worker.kill_at = self.loop.clock() + grace + KILL_GRACE
         self.kill(worker.pid, signal.SIGTERM if graceful else signal.SIGQUIT)
@@ -126,7 +128,7 @@ class WorkerPool:
             # factories' startFactory: waiting the graceful timeout for it only delays the stop.
             drain = graceful and worker.state is not WorkerState.BOOTING
             worker.state = WorkerState.BOOTING  # so stop() acts even on stopping ones
-            self.stop(worker, drain)
+            self.stop(worker, drain, "shutdown")
 
     def signal_all(self, signum: int) -> None:
         for worker in self.all():
@@ -254,13 +256,16 @@ class WorkerPool:
         if worker.state is WorkerState.STOPPING and code == 0:
             log.info("%s stopped %s", what, served)
         elif code == EXIT_BOOT_FAILED:
+            worker.exit_reason = "boot_failure"
             reason = worker.boot_error or text
             log.error("%s failed to boot: %s", what, reason)
             self.owner.worker_failed(worker, f"worker failed to boot: {reason}")
         elif worker.state is WorkerState.STOPPING:
             log.warning("%s %s while stopping, %s", what, text, served)
         else:
+            worker.exit_reason = "crash"
             if worker.state is WorkerState.TIMED_OUT:
+                worker.exit_reason = "timeout"
                 text = f"was silent past --timeout {self.timeout:g}s ({text})"
             log.error("%s %s, %s", what, text, served)
             self.owner.worker_failed(worker, f"worker {worker.number} {text} during boot")

@@ -42,6 +42,7 @@ class FakeMaster:
         self.target = 2
         self.generation = 1
         self.hold = False
+        self.readiness = True  # what ready() answers (/readyz)
         self.held: list[Callable[[], None]] = []
         self.fail_reload: str | None = None
         self.master_ports = MasterPorts(self)
@@ -216,6 +217,13 @@ class FakeMaster:
         self.calls.append(("application_changed", None))
         self.changes += 1
         self.unsaved = True
+
+    def metrics_exposition(self) -> bytes:
+        self.calls.append(("metrics_exposition", None))
+        return b"# a fake master's metrics\nforkd_fake 1.0\n"
+
+    def ready(self) -> bool:
+        return bool(self.readiness)
 
     def names(self) -> list[str]:
         return [name for name, _ in self.calls]

@@ -124,6 +124,8 @@ class HTTPChannel(Protocol):
         self._sendSince = 0.0  # when that output last made progress
         self._bodySince = 0.0  # when the body in progress began
         self._upgraded: Any = None  # the protocol that took the connection over (WebSocket)
+        server = self.server
+        self._portCounts = stats.countsFor(server) if server is not None else [0, 0]
         self._timeouts = site._timeoutsFor()
         self._since = self._timeouts.now
         self._timeouts.add(self)
@@ -251,6 +253,7 @@ class HTTPChannel(Protocol):
         if getattr(resource, "streamsBody", False):
             request._streaming = True
             stats.requests += 1
+            self._portCounts[1] += 1
             self._active = request
             request.process()
 
@@ -294,6 +297,7 @@ class HTTPChannel(Protocol):
             request._bodyDone()
             return
         stats.requests += 1
+        self._portCounts[1] += 1
         request.bodyComplete = True
         if request._content is not None:
             request._content.seek(0)
@@ -365,6 +369,7 @@ class HTTPChannel(Protocol):
         self._closing = True
         transport = self.transport
         transport.write(error_response(code))
+        stats.responded(code)
         write_eof = getattr(transport, "writeEOF", None)
         extra = getattr(transport, "get_extra_info", None)
         # TLS cannot half-close (Transport.writeEOF then does nothing): close normally.

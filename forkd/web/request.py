@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from tempfile import SpooledTemporaryFile
+from time import perf_counter
 from typing import Any, BinaryIO
 from urllib.parse import parse_qs, unquote_to_bytes, urlsplit
 
@@ -60,6 +61,7 @@ class Request(ResponseWriter):
         "_streaming",
         "_resource",
         "bodyComplete",
+        "_born",
     )
 
     def __init__(
@@ -71,6 +73,7 @@ class Request(ResponseWriter):
         rawHeaders: list[tuple[bytes, bytes]],
         keepAlive: bool,
     ) -> None:
+        self._born = perf_counter()  # for the duration histogram (forkd.protocol.stats)
         self.channel = channel
         self.site = channel.factory
         self.method = method

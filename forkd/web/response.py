@@ -14,8 +14,10 @@ drains unless the client already sent more, and off for a body delimited by clos
 from __future__ import annotations
 
 import logging
+from time import perf_counter
 from typing import Any
 
+from forkd.protocol import stats
 from forkd.web.dates import date_header
 from forkd.web.headers import Headers, canonical_name, reason_phrase, status_line
 from forkd.web.notify import Notifier
@@ -53,6 +55,7 @@ class ResponseWriter:
     defaultContentType = b"text/html"
 
     # Set by Request.__init__ (declared here for the type checker).
+    _born: float
     channel: Any
     site: Any
     method: bytes
@@ -281,6 +284,7 @@ class ResponseWriter:
 
     def _done(self) -> None:
         self.finished = True
+        stats.responded(self.code, perf_counter() - self._born)
         accesslog = self.site._accessLog
         if accesslog is not None:
             accesslog.log(self)
