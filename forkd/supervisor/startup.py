@@ -26,6 +26,7 @@ from forkd.ports import PortError
 from forkd.supervisor import daemon, logs, privileges, resume, spawn
 from forkd.supervisor.master import DEFAULT_GRACEFUL_TIMEOUT, DEFAULT_TIMEOUT, Master, MasterConfig
 from forkd.supervisor.pidfile import AlreadyRunning, PidFile, running_pid
+from forkd.supervisor.reloader import ReloadSettings
 
 EXIT_FAILURE = 1
 
@@ -50,6 +51,7 @@ class StartOptions:
     timeout: float = DEFAULT_TIMEOUT
     save_on_stop: bool = True
     argv: list[str] = field(default_factory=list)  # to re-execute the same command line
+    reload: ReloadSettings | None = None  # --reload (development): watch these for changes
 
     @property
     def tap_path(self) -> str:
@@ -126,6 +128,7 @@ def start(options: StartOptions) -> int:
         control_path=options.control_path,
         pidfile_path=options.pid_path,
         argv=options.argv,
+        reload=options.reload,
     )
     if options.workers is not None:
         config.workers = options.workers
