@@ -115,8 +115,15 @@ class Load:
             thread.join(15)
 
 
+@pytest.mark.parametrize(
+    "preload",
+    # the syntax error is refused by the reload's validator (which imports a preloaded
+    # application), or rolled back when the new workers fail to import it
+    [[], ["--no-preload"]],
+    ids=["preload", "no-preload"],
+)
 def test_serve_reload_serves_each_save_drops_nothing_and_survives_a_syntax_error(
-    tmp_path: pathlib.Path,
+    tmp_path: pathlib.Path, preload: list[str]
 ) -> None:
     write_app(tmp_path, "one")
     port = free_port()
@@ -125,7 +132,7 @@ def test_serve_reload_serves_each_save_drops_nothing_and_survives_a_syntax_error
     def tail() -> str:
         return log.read_text()[-4000:] if log.exists() else "(no log)"
 
-    options = ["--bind", f"127.0.0.1:{port}", "-w", "2", "-l", str(log), "--reload"]
+    options = ["--bind", f"127.0.0.1:{port}", "-w", "2", "-l", str(log), "--reload", *preload]
     with forkd_serve(tmp_path, "app:app", *options) as process:
         wait_for(lambda: reply(port) == b"one\n", 30, message="forkd serve to answer")
         watcher = wait_for(lambda: watcher_of(process.pid), 15, message="the watcher")
