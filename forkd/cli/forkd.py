@@ -1,10 +1,12 @@
 """forkd: run a .tap file as a pre-fork server, stop it, ask how it is.
 
     forkd start FILE.tap [-n] [-l LOG|-] [-w N] [--pidfile P] [--control P] [-u USER]
-                [-g GROUP] [--graceful-timeout S] [--timeout S] [--no-save]
+                [-g GROUP] [--graceful-timeout S] [--timeout S] [--no-save] [--reload ...]
     forkd stop FILE.tap [--now] [--pidfile P]
     forkd status FILE.tap [--pidfile P] [--control P] [--json]
     forkd serve MODULE:APP [--bind ADDR]... [-w N] [--threads N] [--tap FILE] [-D]
+                [--reload [--reload-dir DIR]... [--reload-include GLOB]...
+                 [--reload-exclude GLOB]... [--reload-delay S]]
 
 `start` daemonizes unless -n and returns only once every port is bound and every worker is
 ready (exit 0); otherwise it prints the reason on one line and exits 1. Exit 2: bad usage.
@@ -23,10 +25,12 @@ from typing import Any
 
 from forkd import tapfile
 from forkd.cli import add_command, parse_command, positive_seconds
+from forkd.cli.reload_options import ReloadOptionError, add_reload_options, reload_settings
 from forkd.control.client import ControlError, request
 from forkd.control.commands.status import table as status_table
 from forkd.supervisor import startup
 from forkd.supervisor.master import DEFAULT_GRACEFUL_TIMEOUT, DEFAULT_TIMEOUT
+from forkd.supervisor.reloader import ReloadSettings
 from forkd.tapfile import beside
 
 EXIT_FAILURE = 1
@@ -91,6 +95,7 @@ def add_start(commands: Any) -> None:
     start.add_argument(
         "--no-save", action="store_true", help="do not write <base>-shutdown.tap on stop"
     )
+    add_reload_options(start, "the tap's directory, and the tap")
 
 
 def add_supervision(command: Any) -> None:
@@ -183,6 +188,7 @@ def add_serve(commands: Any) -> None:
     for option in SITE_OPTIONS:
         names = [f"--{name}" for name in (option.name, *option.aliases)]
         serve.add_argument(*names, dest=option.dest, type=option.coerce, help=option.describe())
+    add_reload_options(serve, "the --pythonpath directory")
 
 
 # -- start ---------------------------------------------------------------------------------
@@ -194,7 +200,19 @@ def run(options: startup.StartOptions) -> int:
         raise Failure(str(error)) from None
 
 
+def watching(
+    args: argparse.Namespace, default_dirs: list[str], files: tuple[str, ...] = ()
+) -> ReloadSettings | None:
+    """--reload's settings, or None; a Failure for options that cannot be honoured."""
+    try:
+        return reload_settings(args, default_dirs, files)
+    except ReloadOptionError as error:
+        raise Failure(str(error)) from None
+
+
 def start(args: argparse.Namespace, argv: list[str]) -> int:
+    tap = os.path.abspath(args.tap)
+    reload = watching(args, [os.path.dirname(tap)], files=(tap,))
     options = startup.StartOptions(
         tap=args.tap,
         nodaemon=args.nodaemon,
@@ -210,6 +228,7 @@ def start(args: argparse.Namespace, argv: list[str]) -> int:
         metrics=args.metrics,
         shutdown_delay=args.shutdown_delay,
         argv=argv,
+        reload=reload,
     )
     return run(options)
 
@@ -224,6 +243,8 @@ def serve(args: argparse.Namespace, argv: list[str]) -> int:
             os.chdir(args.chdir)
         except OSError as error:
             raise Failure(f"cannot change to {args.chdir}: {error.strerror or error}") from None
+    pythonpath = os.path.abspath(args.pythonpath or ".")
+    reload = watching(args, [pythonpath])
     module = args.app.partition(":")[0]
     tap = os.path.abspath(args.tap or f"{module.rpartition('.')[2] or 'app'}.tap")
     binds = args.bind or (
@@ -237,7 +258,7 @@ def serve(args: argparse.Namespace, argv: list[str]) -> int:
             args.app,
             binds,
             args.threads,
-            os.path.abspath(args.pythonpath or "."),
+            pythonpath,
             module,
             args.interface,
             {**hosting.site_settings(vars(args)), "preloadApp": not args.no_preload},
@@ -261,6 +282,7 @@ def serve(args: argparse.Namespace, argv: list[str]) -> int:
         metrics=args.metrics,
         shutdown_delay=args.shutdown_delay,
         argv=argv,
+        reload=reload,
     )
     return run(options)
 

@@ -13,6 +13,7 @@ daemon, stdout and stderr point at the log file too, so a traceback or a faultha
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 import sys
 
@@ -48,15 +49,21 @@ class ReopenableFileHandler(logging.FileHandler):
 class LogSetup:
     """The process's logging configuration: where it goes and how to reopen it."""
 
-    def __init__(self, target: str | None, redirect_std: bool = False) -> None:
+    def __init__(
+        self, target: str | None, redirect_std: bool = False, follow_renames: bool = False
+    ) -> None:
         """`target` is a file path, or None / "-" for stderr. `redirect_std` points fds 1
-        and 2 at the file (daemon mode), so stray output and tracebacks are kept."""
+        and 2 at the file (daemon mode), so stray output and tracebacks are kept.
+        `follow_renames` is for a process the master does not tell to reopen (the source
+        watcher): its file is reopened when logrotate has moved it."""
         self.path = None if target in (None, "-") else os.path.abspath(str(target))
         self.redirect_std = redirect_std and self.path is not None
         self.role_filter = RoleFilter()
         handler: logging.Handler
         if self.path is None:
             handler = logging.StreamHandler(sys.stderr)
+        elif follow_renames:
+            handler = logging.handlers.WatchedFileHandler(self.path, encoding="utf-8")
         else:
             handler = ReopenableFileHandler(self.path, encoding="utf-8")
         handler.setFormatter(logging.Formatter(FORMAT))

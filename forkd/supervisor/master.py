@@ -12,7 +12,9 @@ The master is one class that owns its parts, each in its own module:
 - `port_changes` (`PortChanges`): ports added and removed live, with acknowledgements;
 - `rollouts` (`Rollouts`): restart and reload generations, and their rollback;
 - `master_ports` (`MasterPorts`) and `control` (`ControlServer`): the control plane, which
-  sees the master only as `forkd.control.api.MasterAPI`.
+  sees the master only as `forkd.control.api.MasterAPI`;
+- `reloader` (`Reloader`, with `--reload` only): the source watcher process, which asks
+  for a reload over the control socket when the application's code changes.
 
 A worker's exit goes pool -> `worker_failed` here -> `rollouts.failed` or the backoff, and
 pool -> `worker_gone` here -> `port_changes.worker_gone`.
@@ -49,6 +51,7 @@ from forkd.supervisor.loop import Loop, Timer
 from forkd.supervisor.metrics import MasterMetrics
 from forkd.supervisor.pidfile import PidFile
 from forkd.supervisor.port_changes import PortChanges, call
+from forkd.supervisor.reloader import Reloader, ReloadSettings
 from forkd.supervisor.rollout import Rollouts
 from forkd.supervisor.supervision import (
     MasterState,
@@ -85,6 +88,14 @@ class MasterConfig:
     metrics: str | None = None  # HOST:PORT of /metrics, /livez and /readyz
     shutdown_delay: float = 0.0  # seconds between readiness failing and the drain, on TERM
     argv: list[str] = field(default_factory=list)  # `forkd start ...` arguments, for re-exec
+    reload: ReloadSettings | None = None  # --reload: what the source watcher watches
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> MasterConfig:
+        """The config `asdict` wrote into a re-exec's state (forkd.supervisor.resume)."""
+        settings = dict(state)
+        reload = settings.pop("reload", None)
+        return cls(**settings, reload=ReloadSettings(**reload) if reload else None)
 
 
 class Master:
@@ -115,6 +126,15 @@ class Master:
         self.metrics_port: Any = None  # the listening port of --metrics
         self.delaying_stop: Timer | None = None  # --shutdown-delay running: not ready
         self.control: ControlServer | None = None
+        self.reloader: Reloader | None = None
+        if config.reload is not None and config.control_path:
+            self.reloader = Reloader(
+                config.reload,
+                self.pool,
+                config.control_path,
+                log_setup.path if log_setup is not None else None,
+                os.path.basename(self.tapfile),
+            )
         self.target = max(0, config.workers)
         self.backoff = SlotBackoff()  # respawn delays of slots failing early
         self.suspend = SuspendDetector()
@@ -230,6 +250,8 @@ class Master:
         gc.freeze()  # pages of objects made so far stay shared with the workers
         self.pool.reap()  # after a re-exec, children may have exited meanwhile
         self.manage_workers()
+        if self.state is MasterState.RUNNING:  # re-executed: the watcher may have died
+            self.start_reloader()
         try:
             while not self.finished():
                 self.iterate()
@@ -269,6 +291,8 @@ class Master:
         # and nothing here may keep the pidfile from being released
         self.stop_listening()
         self._cleanup("stop the master-served ports", self.master_ports.close)
+        if self.reloader is not None:
+            self._cleanup("stop the source watcher", self.reloader.close)
         if self.control is not None:
             self._cleanup("close the control socket", self.control.close)
         if self.pidfile is not None:
@@ -383,6 +407,13 @@ class Master:
                 f"serving {self.tapfile} (pid {os.getpid()}): {ports}, {len(current)} worker(s)"
             )
             sd_notify(f"READY=1\nMAINPID={os.getpid()}")
+            self.start_reloader()
+
+    def start_reloader(self) -> None:
+        """With --reload, once the application serves (a reload asked for while it starts
+        would race the start): a change saved before then waits for the next one."""
+        if self.reloader is not None:
+            self.reloader.start()
 
     # what the pool reports (workers.PoolOwner)
     def worker_failed(self, worker: WorkerProcess, reason: str) -> None:
@@ -521,6 +552,8 @@ class Master:
         if self.delaying_stop is not None:
             self.delaying_stop.cancel()
         self.rollouts.abandon("the master is stopping")
+        if self.reloader is not None:
+            self.reloader.stop()
         sd_notify("STOPPING=1")
         log.info("stopping (%s)", "graceful" if graceful else "fast")
         self.pool.stop_all(graceful)
@@ -582,6 +615,8 @@ class Master:
             "workers": workers,
             "control_fd": None,
             "control": None,
+            # still this pid's child after the exec: the new image adopts it
+            "reloader_pid": self.reloader.pid if self.reloader is not None else None,
             "pidfile_fd": None,
             "log": self.log_setup.path if self.log_setup is not None else None,
             "log_redirect": self.log_setup.redirect_std if self.log_setup is not None else False,

@@ -56,7 +56,7 @@ def resume(state: dict[str, Any], log_setup: LogSetup) -> Master:
     except Exception as problem:  # validated moments ago; raced by an edit: keep the old one
         error = str(problem)
         application = _unpickle(old_pickle, tap)
-    config = MasterConfig(**state["config"])
+    config = MasterConfig.from_state(state["config"])
     pidfile = None
     if config.pidfile_path:
         pidfile = PidFile(config.pidfile_path, fd=_adopt_fd(state.get("pidfile_fd")))
@@ -70,6 +70,8 @@ def resume(state: dict[str, Any], log_setup: LogSetup) -> Master:
         os.set_inheritable(sock.fileno(), False)
     adopt_sockets(application, sockets)
     master.pool.restore(state["workers"])
+    if master.reloader is not None:
+        master.reloader.adopt(state.get("reloader_pid"))
     master.start_control(fd=_adopt_fd(state.get("control_fd")))
     master.metrics.restore(state.get("metrics"))
     master.serve_metrics(fd=_adopt_fd(state.get("metrics_fd")))

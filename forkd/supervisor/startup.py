@@ -26,6 +26,7 @@ from forkd.ports import PortError
 from forkd.supervisor import daemon, logs, privileges, resume, spawn
 from forkd.supervisor.master import DEFAULT_GRACEFUL_TIMEOUT, DEFAULT_TIMEOUT, Master, MasterConfig
 from forkd.supervisor.pidfile import AlreadyRunning, PidFile, running_pid
+from forkd.supervisor.reloader import ReloadSettings
 
 EXIT_FAILURE = 1
 
@@ -52,6 +53,7 @@ class StartOptions:
     metrics: str | None = None  # HOST:PORT for /metrics, /livez, /readyz
     shutdown_delay: float = 0.0
     argv: list[str] = field(default_factory=list)  # to re-execute the same command line
+    reload: ReloadSettings | None = None  # --reload (development): watch these for changes
 
     @property
     def tap_path(self) -> str:
@@ -130,6 +132,7 @@ def start(options: StartOptions) -> int:
         metrics=options.metrics,
         shutdown_delay=options.shutdown_delay,
         argv=options.argv,
+        reload=options.reload,
     )
     if options.workers is not None:
         config.workers = options.workers

@@ -65,7 +65,11 @@ class WorkerSettings:
 
 
 def last_line(error: BaseException) -> str:
-    """The exception's last traceback line ("ValueError: boom"): what `forkd start` prints."""
+    """The exception's last traceback line ("ValueError: boom"): what `forkd start` prints.
+    A SyntaxError's says where, as its str() does ("SyntaxError: invalid syntax (app.py,
+    line 4)"): its last line alone would not, the file and line being on lines before."""
+    if isinstance(error, SyntaxError):
+        return f"{type(error).__name__}: {error}"
     lines = traceback.format_exception_only(type(error), error)
     return lines[-1].strip() if lines else type(error).__name__
 
