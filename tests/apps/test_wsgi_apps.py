@@ -127,6 +127,15 @@ def test_an_upload_over_the_limit_is_refused(served: Served) -> None:
     assert response.status == 413
 
 
+def test_an_upload_the_application_refuses_unread_still_gets_its_answer(served: Served) -> None:
+    """Flask answers a POST to a GET route with 405 without reading the body; the client
+    is still sending it. forkd must not reset the connection under that answer."""
+    with H11Client(served.port) as client:
+        response = client.request("POST", "/hello", body=b"x" * UPLOAD_SIZE)
+        assert response.status == 405
+        assert client.closed_by_server(), "the rest of the body is not read as a request"
+
+
 def test_an_error_is_a_500_without_a_traceback_and_the_connection_goes_on(
     served: Served,
 ) -> None:
