@@ -268,17 +268,20 @@ def test_the_admin_stylesheet_is_served_from_the_collected_static_files(served: 
 
 
 def test_django_responses_through_h11(served: Served) -> None:
-    """The login page, the stylesheet (by sendfile), its HEAD and 304, one by one and
-    pipelined on one connection each."""
+    """The login page, the stylesheet (by sendfile), its HEAD, 304 and a range of it,
+    one by one and pipelined on one connection each."""
     path = stylesheet(served)
+    on_disk = (served.directory / "staticfiles" / path.removeprefix("/static/")).read_bytes()
     browser = Browser(served.port)
     etag = browser.request("HEAD", path, **{"Accept-Encoding": "identity"}).headers["ETag"]
     identity = (("Accept-Encoding", "identity"),)
+    ranged = (("Range", "bytes=10-19"), *identity)
     cases = [
         Case("GET", "/admin/login/", 200, LENGTH),
-        Case("GET", path, 200, LENGTH, None, identity),
+        Case("GET", path, 200, LENGTH, on_disk, identity),
         framing.head_of(Case("GET", path, 200, LENGTH, None, identity)),
         Case("GET", path, 304, NONE, b"", (("If-None-Match", etag), *identity)),
+        Case("GET", path, 206, LENGTH, on_disk[10:20], ranged),
         Case("GET", "/admin/", 302, LENGTH, b""),
         Case("GET", "/static/admin/css/missing.css", 404, LENGTH),
         Case("GET", "/admin/login/", 200, LENGTH),

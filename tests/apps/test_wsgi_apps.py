@@ -244,6 +244,7 @@ CASES = [
     Case("GET", "/tagged", 200, LENGTH, b'{"version":1}\n'),
     Case("GET", "/tagged", 304, NONE, b"", (("If-None-Match", '"v1"'),)),
     Case("POST", "/echo", 200, LENGTH, None, JSON, b'{"a": 1}'),
+    Case("PUT", "/raw", 200, LENGTH, None, (("Transfer-Encoding", "chunked"),), b"z" * 100_000),
     Case("GET", "/plain/write", 200, CHUNKED),
     Case("GET", "/plain/sized", 200, LENGTH, b"a body of known length\n"),
     framing.head_of(Case("GET", "/plain/unsized", 200, CHUNKED)),
@@ -253,6 +254,15 @@ CASES = [
     Case("GET", "/boom", 500, LENGTH),
     Case("GET", "/hello", 200, LENGTH),
 ]
+
+
+def test_expect_100_continue_is_answered_before_the_response(served: Served) -> None:
+    expect = (*JSON, ("Expect", "100-continue"))
+    with H11Client(served.port) as client:
+        response = client.request("POST", "/echo", expect, b'{"a": 2}')
+        after = client.request("GET", "/hello")
+    assert response.informational == [100] and response.status == 200
+    assert json.loads(response.body)["got"] == {"a": 2} and after.status == 200
 
 
 def test_responses_one_by_one_on_one_keep_alive_connection(served: Served) -> None:
