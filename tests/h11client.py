@@ -121,7 +121,8 @@ class H11Client:
         self.sock.close()
 
     def _event(self, spec: RequestSpec) -> tuple[h11.Request, bytes]:
-        method, target, headers, body = (*spec, (), b"")[:4]
+        defaults = ((), b"")  # the headers and body a shorter spec leaves out
+        method, target, headers, body = (*spec, *defaults[len(spec) - 2 :])
         return request_event(method, target, self.host, headers, body), body
 
     def _expect(self, event: h11.Request, body: bytes) -> bytes:
