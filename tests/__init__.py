@@ -5,6 +5,8 @@
     supervisor/  forkd.supervisor: the master, its workers, the daemon, the forkd command
     control/     forkd.control: the control server, its commands, forkctl, the shell, telnet
     e2e/         end-to-end tests of behaviour that spans several of those packages
+    apps/        real applications (Django, Flask, FastAPI, the web tap) served by a real
+                 forkd, their responses read by h11 (h11client), their logs read back
     scripts/     the benchmark harness in scripts/
 
 Each directory is a package, so two test modules may share a name (web/test_server.py,

@@ -174,7 +174,8 @@ class RunningForkd:
 
     Entering waits for the master's READY=1 (it is given a private NOTIFY_SOCKET, as
     systemd would), so the ports serve once `with` returns; leaving stops it (TERM, then
-    KILL after `stop_timeout`). `log()` is what it wrote to stderr."""
+    KILL after `stop_timeout`). `log()` is what it wrote to stderr. `RunningForkd.serving`
+    is `forkd serve MODULE:APP` instead, for an application with no tap yet."""
 
     def __init__(
         self,
@@ -184,10 +185,13 @@ class RunningForkd:
         extra_paths: Iterable[str] = (),
         ready_timeout: float = 20.0,
         stop_timeout: float = 20.0,
+        command: Iterable[str] | None = None,
     ) -> None:
+        """`command` replaces `start TAP -n -w WORKERS ARGS` as the arguments of forkd."""
         self.tap = str(tap)
         self.args = list(args)
         self.workers = workers
+        self.command = list(command) if command is not None else None
         self.env = forkd_env(extra_paths)
         self.ready_timeout = ready_timeout
         self.stop_timeout = stop_timeout
@@ -203,7 +207,9 @@ class RunningForkd:
         notify.bind(notify_path)
         os.chmod(notify_path, 0o666)  # as systemd's: reachable after forkd drops privileges
         env = dict(self.env, NOTIFY_SOCKET=notify_path)
-        command = forkd_command("start", self.tap, "-n", "-w", str(self.workers), *self.args)
+        command = forkd_command(
+            *(self.command or ["start", self.tap, "-n", "-w", str(self.workers), *self.args])
+        )
         with open(self.log_path, "wb") as stderr:
             self.process = subprocess.Popen(
                 command, env=env, stderr=stderr, stdout=subprocess.DEVNULL
@@ -229,6 +235,22 @@ class RunningForkd:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+    @classmethod
+    def serving(
+        cls,
+        directory: str | os.PathLike[str],
+        app: str,
+        *args: str,
+        workers: int = 1,
+        ready_timeout: float = 30.0,
+    ) -> RunningForkd:
+        """`forkd serve APP -w WORKERS ARGS` run in `directory` (its --chdir), where it
+        imports APP's module from and writes the tap: DIRECTORY/<module>.tap."""
+        module = app.partition(":")[0].rpartition(".")[2]
+        tap = os.path.join(os.path.abspath(directory), f"{module}.tap")
+        command = ["serve", app, "--chdir", str(directory), "--tap", tap, "-w", str(workers)]
+        return cls(tap, workers=workers, ready_timeout=ready_timeout, command=[*command, *args])
 
     @property
     def pid(self) -> int:

@@ -321,7 +321,12 @@ class HTTPChannel(Protocol):
         self._active = None
         self._served += 1
         if request._streaming and not request.bodyComplete:
-            request._keep = False  # answered before its body was in: do not read the rest
+            # Answered before its body was in (an app that refuses an upload unread): the
+            # rest is not read for a next request, but closing with it unread would reset
+            # the connection and can destroy this very answer: linger, as after an error.
+            self._closing = True
+            self._closeLingering()
+            return
         if not request._keep:
             self._closing = True
             self.transport.loseConnection()
@@ -367,9 +372,15 @@ class HTTPChannel(Protocol):
         unread input makes the kernel send a reset that can destroy the response in
         flight (a 413 or 431 answered while the client is still uploading)."""
         self._closing = True
-        transport = self.transport
-        transport.write(error_response(code))
+        self.transport.write(error_response(code))
         stats.responded(code)
+        self._closeLingering()
+
+    def _closeLingering(self) -> None:
+        """Close after what is written, reading and discarding the peer's input for up
+        to Site.lingerTimeout after a half-close, so that unread input cannot reset the
+        connection under the last response."""
+        transport = self.transport
         write_eof = getattr(transport, "writeEOF", None)
         extra = getattr(transport, "get_extra_info", None)
         # TLS cannot half-close (Transport.writeEOF then does nothing): close normally.
@@ -377,7 +388,7 @@ class HTTPChannel(Protocol):
             write_eof()
             self._lingering = True
             self._since = self._timeouts.now
-            self._resumeReading(_PAUSED_CLOSING | _PAUSED_QUEUE | _PAUSED_WRITE)
+            self._resumeReading(_PAUSED_CLOSING | _PAUSED_QUEUE | _PAUSED_WRITE | _PAUSED_BODY)
         else:
             transport.loseConnection()
 

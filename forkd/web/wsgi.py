@@ -330,6 +330,11 @@ class _Response:
     def _finish(self) -> None:
         request = self.request
         if not request.finished and not request._disconnected:
+            if request.method == b"HEAD" and not request.startedWriting:
+                # The application dropped HEAD's body itself (Werkzeug, Django do): finish()
+                # would measure that nothing and send Content-Length: 0, a length GET does
+                # not have (RFC 9110 8.6). Start it as a stream: only the app's own length.
+                request.write(b"")
             request.finish()
 
     def _fail(self) -> None:

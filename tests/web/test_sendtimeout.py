@@ -240,6 +240,42 @@ def test_error_response_over_tls_closes_without_half_close() -> None:
     assert not transport.eof and transport.disconnecting and not transport.aborted
 
 
+class RefusesUnread(Resource):
+    """Streams its body, and answers at once without reading it (an upload refused)."""
+
+    isLeaf = True
+    streamsBody = True
+
+    def render_POST(self, request: Any) -> bytes:
+        request.setResponseCode(403)
+        return b"not here\n"
+
+
+def test_an_answer_before_its_streamed_body_is_in_half_closes_and_lingers() -> None:
+    """Closing with the rest of the upload unread would reset the connection under the
+    answer (the client, still sending, never reads it): half-close and discard instead."""
+    channel, transport, clock = make(RefusesUnread(), HalfClosing(), lingerTimeout=1.0)
+    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nab")
+    assert transport.value().startswith(b"HTTP/1.1 403 ")
+    assert transport.eof and not transport.disconnecting
+    channel.dataReceived(b"x" * 50000)  # the rest of the upload, discarded
+    assert transport.value().count(b"HTTP/1.1") == 1
+    tick(clock, 6)
+    assert transport.aborted
+
+
+def test_an_upload_refused_unread_still_gets_its_answer_over_a_socket() -> None:
+    site = server.Site(RefusesUnread())
+    site.maxBodySize = 64 << 20
+    with serving(site) as served, socket.create_connection(("127.0.0.1", served.port)) as sock:
+        sock.settimeout(10)
+        size = 8 << 20  # more than the kernel buffers take while the server answers
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+        sock.sendall(b"x" * size)  # a reset here (EPIPE) is the bug
+        response = ResponseReader(sock).read()
+    assert response.status == 403 and response.body == b"not here\n"
+
+
 # -- real sockets --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: Any) -> Any:

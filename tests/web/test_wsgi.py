@@ -84,6 +84,17 @@ def test_head_has_no_body(port: int) -> None:
     assert response.status == 200 and response.body == b""
 
 
+def test_head_of_a_stream_claims_no_length_that_get_would_not_have(port: int) -> None:
+    """Werkzeug drops HEAD's body itself: forkd must not measure that nothing and send
+    Content-Length: 0 for a response whose GET is chunked (RFC 9110 8.6)."""
+    head = request(port, b"HEAD /stream HTTP/1.1\r\nHost: x\r\n\r\n", head=True)
+    assert head.status == 200 and head.body == b""
+    assert b"content-length" not in head.headers, head
+    assert head.headers[b"transfer-encoding"] == b"chunked"
+    sized = request(port, b"HEAD /hello HTTP/1.1\r\nHost: x\r\n\r\n", head=True)
+    assert int(sized.headers[b"content-length"]) == len(get(port, b"/hello").body)
+
+
 def simple_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     body = b"%s %s %s" % (
         environ["REQUEST_METHOD"].encode(),
