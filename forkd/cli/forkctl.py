@@ -24,7 +24,7 @@ from forkd.cli import (
     shell_client,
 )
 from forkd.control.client import ControlError, request
-from forkd.control.commands import COMMANDS, shell, summary
+from forkd.control.commands import COMMANDS, shell, status, summary
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         result = request(path, module.name, module.request_args(args), timeout=timeout)
     except (NoSocket, ControlError) as error:
         print(f"forkctl: {error}", file=sys.stderr)
+        if module is status and args.check:
+            return status.EXIT_NOT_RUNNING
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print("forkctl: interrupted", file=sys.stderr)
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     text = module.render(result, args)
     if text:
         print(text)
-    return 0
+    return int(getattr(module, "exit_code", lambda result, args: 0)(result, args))
 
 
 if __name__ == "__main__":

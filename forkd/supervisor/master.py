@@ -597,6 +597,7 @@ class Master:
             "ports": status.ports(self.application.ports),
             "backoff": self.backoff.status(self.loop.clock()),
             "unsaved": self.unsaved,
+            "ready": self.ready(),
         }
 
     # -- reload ---------------------------------------------------------------------------

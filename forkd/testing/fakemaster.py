@@ -139,6 +139,7 @@ class FakeMaster:
             "generation": self.generation,
             "target_workers": self.target,
             "unsaved": self.unsaved,
+            "ready": self.readiness,
             "workers": [
                 {
                     "number": n,

@@ -1,6 +1,10 @@
 """Show the master, its workers, its ports and its restart backoff.
 
-Usage: forkctl status [--json]
+Usage: forkctl status [--json] [--check]
+
+`--check` is for scripts and probes: one line, and the exit status says it all: 0 ready
+(every port served by a ready worker, no stop pending), 1 running but not ready, 3 not
+running (no control socket answers), as an LSB init script's status does.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ timeout = 10.0
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the raw JSON status")
+    parser.add_argument(
+        "--check", action="store_true", help="exit 0 if ready, 1 if not, 3 if not running"
+    )
 
 
 def request_args(namespace: argparse.Namespace) -> dict[str, Any]:
@@ -28,7 +35,21 @@ def execute(master: MasterAPI, args: dict[str, Any], reply: Reply) -> None:
     reply(None, master.status())
 
 
+EXIT_NOT_READY, EXIT_NOT_RUNNING = 1, 3
+
+
+def exit_code(result: dict[str, Any], namespace: argparse.Namespace) -> int:
+    if getattr(namespace, "check", False) and not result.get("ready"):
+        return EXIT_NOT_READY
+    return 0
+
+
 def render(result: dict[str, Any], namespace: argparse.Namespace) -> str:
+    if getattr(namespace, "check", False):
+        workers = result.get("workers", [])
+        serving = sum(w.get("state") == "ready" for w in workers)
+        verdict = "ready" if result.get("ready") else "not ready"
+        return f"{verdict}: {serving}/{result.get('target_workers')} workers ready"
     if getattr(namespace, "json", False):
         return json.dumps(result, indent=2, sort_keys=True)
     return table(result)
