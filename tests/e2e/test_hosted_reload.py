@@ -145,3 +145,37 @@ def test_fastapi_reloads_under_load_with_no_failed_request(tmp_path: pathlib.Pat
                 client.recv(10)
             assert client.close_code == 1001, "the server stopping says going away"
         assert forkd.returncode == 0
+
+
+def test_django_reloads_under_load_with_no_failed_request(tmp_path: pathlib.Path) -> None:
+    from tests.apps.test_django_admin import write_project
+
+    write_project(tmp_path)
+    port = free_port()
+    app = "project.wsgi:application"
+    ctl = str(tmp_path / "wsgi.ctl")
+
+    def login_page(body: bytes) -> bool:
+        return b"csrfmiddlewaretoken" in body
+
+    with RunningForkd.serving(tmp_path, app, "--bind", f"127.0.0.1:{port}", workers=2) as forkd:
+        workers = forkd.wait_workers(2)
+        with (
+            KeepAliveLoad(port, clients=3, path="/admin/login/", expect=login_page) as keep_alive,
+            KeepAliveLoad(
+                port, clients=1, path="/admin/login/", expect=login_page, close=True
+            ) as closing,
+        ):
+            wait_for(lambda: keep_alive.ok > 30 and closing.ok > 10, message="load running")
+            for _ in range(RELOADS):
+                done = forkctl(ctl, "reload")
+                assert done.returncode == 0, done.stderr + forkd.log()[-3000:]
+                workers = forkd.wait_workers(2, exclude=workers, timeout=30)
+            served = keep_alive.ok
+            wait_for(lambda: keep_alive.ok > served + 30, message="load after the last reload")
+        failed = keep_alive.errors + closing.errors
+        assert failed == [], (failed[:5], forkd.log()[-6000:])
+        print(
+            f"\nDjango, {RELOADS} reloads under load: {keep_alive.ok} keep-alive and "
+            f"{closing.ok} close requests, {len(failed)} failed"
+        )
