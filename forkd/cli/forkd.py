@@ -128,6 +128,23 @@ def add_supervision(command: Any) -> None:
         metavar="HOST:PORT",
         help="serve /metrics (Prometheus), /livez and /readyz from the master there",
     )
+    recycling = command.add_argument_group("worker recycling (one at a time, replacement first)")
+    recycling.add_argument(
+        "--max-requests", type=count, default=0, metavar="N", help="after N requests"
+    )
+    recycling.add_argument(
+        "--max-requests-jitter",
+        type=count,
+        default=0,
+        metavar="J",
+        help="plus a random 0..J per worker, so they do not all go at once",
+    )
+    recycling.add_argument(
+        "--max-rss", type=positive_seconds, default=0.0, metavar="MIB", help="above MIB resident"
+    )
+    recycling.add_argument(
+        "--max-lifetime", type=positive_seconds, default=0.0, metavar="S", help="after S seconds"
+    )
     command.add_argument(
         "--shutdown-delay",
         type=positive_seconds,
@@ -227,6 +244,10 @@ def start(args: argparse.Namespace, argv: list[str]) -> int:
         save_on_stop=not args.no_save,
         metrics=args.metrics,
         shutdown_delay=args.shutdown_delay,
+        max_requests=args.max_requests,
+        max_requests_jitter=args.max_requests_jitter,
+        max_rss=args.max_rss,
+        max_lifetime=args.max_lifetime,
         argv=argv,
         reload=reload,
     )
@@ -281,10 +302,21 @@ def serve(args: argparse.Namespace, argv: list[str]) -> int:
         timeout=args.timeout,
         metrics=args.metrics,
         shutdown_delay=args.shutdown_delay,
+        max_requests=args.max_requests,
+        max_requests_jitter=args.max_requests_jitter,
+        max_rss=args.max_rss,
+        max_lifetime=args.max_lifetime,
         argv=argv,
         reload=reload,
     )
     return run(options)
+
+
+def count(text: str) -> int:
+    """A non-negative whole number (0: off)."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"want a whole number, not {text!r}")
+    return int(text)
 
 
 def metrics_address(text: str) -> str:

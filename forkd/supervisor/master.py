@@ -51,6 +51,7 @@ from forkd.supervisor.loop import Loop, Timer
 from forkd.supervisor.metrics import MasterMetrics
 from forkd.supervisor.pidfile import PidFile
 from forkd.supervisor.port_changes import PortChanges, call
+from forkd.supervisor.recycling import RecycleLimits, Recycler
 from forkd.supervisor.reloader import Reloader, ReloadSettings
 from forkd.supervisor.rollout import Rollouts
 from forkd.supervisor.supervision import (
@@ -86,6 +87,10 @@ class MasterConfig:
     control_path: str | None = None
     pidfile_path: str | None = None
     metrics: str | None = None  # HOST:PORT of /metrics, /livez and /readyz
+    max_requests: int = 0  # recycling limits (forkd.supervisor.recycling); 0 is off
+    max_requests_jitter: int = 0
+    max_rss: float = 0.0  # MiB
+    max_lifetime: float = 0.0  # seconds
     shutdown_delay: float = 0.0  # seconds between readiness failing and the drain, on TERM
     argv: list[str] = field(default_factory=list)  # `forkd start ...` arguments, for re-exec
     reload: ReloadSettings | None = None  # --reload: what the source watcher watches
@@ -124,6 +129,12 @@ class Master:
         self.metrics = MasterMetrics()
         self.rollouts = Rollouts(self.pool, self.metrics)
         self.metrics_port: Any = None  # the listening port of --metrics
+        self.recycler = Recycler(
+            self.pool,
+            RecycleLimits(
+                config.max_requests, config.max_requests_jitter, config.max_rss, config.max_lifetime
+            ),
+        )
         self.delaying_stop: Timer | None = None  # --shutdown-delay running: not ready
         self.control: ControlServer | None = None
         self.reloader: Reloader | None = None
@@ -221,7 +232,12 @@ class Master:
         ready worker of the serving generation for every worker-served port."""
         if self.state is not MasterState.RUNNING or self.delaying_stop is not None:
             return False
-        serving = [w for w in self.pool.current() if w.state is WorkerState.READY]
+        generation = self.pool.generation  # a retiring worker (recycling) still serves
+        serving = [
+            w
+            for w in self.pool.all()
+            if w.generation == generation and w.state is WorkerState.READY
+        ]
         has_worker_ports = any(served_by_worker(p) for p in self.application.ports)
         return bool(serving) or not has_worker_ports
 
@@ -275,6 +291,7 @@ class Master:
         self.manage_workers()
         if self.state is MasterState.RUNNING:
             self.rollouts.check(self.target)
+            self.recycler.check(clock(), self.target, self.rollouts.busy)
 
     def finished(self) -> bool:
         return self.state is MasterState.STOPPING and not self.pool.workers
@@ -438,6 +455,7 @@ class Master:
 
     def worker_gone(self, worker: WorkerProcess) -> None:
         self.metrics.worker_exited(worker, worker.exit_reason)
+        self.recycler.forget(worker)
         self.port_changes.worker_gone(worker)
 
     def fail(self, reason: str) -> None:

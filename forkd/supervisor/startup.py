@@ -52,6 +52,10 @@ class StartOptions:
     save_on_stop: bool = True
     metrics: str | None = None  # HOST:PORT for /metrics, /livez, /readyz
     shutdown_delay: float = 0.0
+    max_requests: int = 0
+    max_requests_jitter: int = 0
+    max_rss: float = 0.0
+    max_lifetime: float = 0.0
     argv: list[str] = field(default_factory=list)  # to re-execute the same command line
     reload: ReloadSettings | None = None  # --reload (development): watch these for changes
 
@@ -131,6 +135,10 @@ def start(options: StartOptions) -> int:
         pidfile_path=options.pid_path,
         metrics=options.metrics,
         shutdown_delay=options.shutdown_delay,
+        max_requests=options.max_requests,
+        max_requests_jitter=options.max_requests_jitter,
+        max_rss=options.max_rss,
+        max_lifetime=options.max_lifetime,
         argv=options.argv,
         reload=options.reload,
     )

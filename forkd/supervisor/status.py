@@ -35,6 +35,7 @@ def workers(processes: list[WorkerProcess]) -> list[dict[str, Any]]:
             "requests": w.requests,
             "rss": rss_of(w.pid),
             "started": w.started_wall,
+            "retiring": w.retiring,
         }
         for w in sorted(processes, key=lambda w: w.number)
     ]

@@ -55,6 +55,7 @@ class WorkerProcess:
     was_ready: bool = False  # said "ready" once: its later failures are not boot failures
     metrics: dict[str, float] = field(default_factory=dict)  # its counts, at its last beat
     exit_reason: str = "stopped"  # how it ended (forkd.supervisor.metrics.EXIT_REASONS)
+    retiring: bool = False  # past a recycling limit: serves on until its replacement is up
 
     def __post_init__(self) -> None:
         if not self.last_beat:
@@ -75,7 +76,7 @@ class WorkerProcess:
     @property
     def alive_for_service(self) -> bool:
         """Counts toward the target worker count (not on its way out)."""
-        return self.state in (WorkerState.BOOTING, WorkerState.READY)
+        return self.state in (WorkerState.BOOTING, WorkerState.READY) and not self.retiring
 
 
 class Backoff:

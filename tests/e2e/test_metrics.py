@@ -7,6 +7,8 @@ import http.client
 import os
 import pathlib
 import signal
+import threading
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -143,3 +145,55 @@ def test_shutdown_delay_fails_readiness_first_and_keeps_serving(tmp_path: pathli
     assert forkctl(ctl, "status", "--check").returncode == 3, "not running"
     assert load.errors == [], load.errors[:5]
     print(f"\nshutdown delay: {load.ok} requests during TERM + 4s delay, {len(load.errors)} failed")
+
+
+class ReadyWorkers:
+    """Scrapes /metrics over and over, keeping the fewest ready workers it saw."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.fewest: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            ready = scrape(self.port)["forkd_workers{state=ready}"]
+            self.fewest = ready if self.fewest is None else min(self.fewest, ready)
+
+    def __enter__(self) -> ReadyWorkers:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+
+@pytest.mark.parametrize(
+    "limit",
+    [
+        ("--max-requests", "300", "--max-requests-jitter", "50"),
+        ("--max-rss", "1"),  # every worker is over 1 MiB: each is recycled in turn
+        ("--max-lifetime", "1"),
+    ],
+    ids=["max-requests", "max-rss", "max-lifetime"],
+)
+def test_recycling_replaces_workers_one_at_a_time_under_load(
+    tmp_path: pathlib.Path, limit: tuple[str, ...]
+) -> None:
+    port, metrics = free_port(), free_port()
+    tap = hello_tap(tmp_path, port)
+    forkd = RunningForkd(tap, "--metrics", f"127.0.0.1:{metrics}", *limit, workers=2)
+    with forkd:
+        first = forkd.wait_workers(2)
+        with KeepAliveLoad(port, clients=4) as load, ReadyWorkers(metrics) as ready:
+
+            def recycled() -> float:
+                return scrape(metrics)["forkd_worker_exits_total{reason=recycle}"]
+
+            wait_for(lambda: recycled() >= 4, timeout=60, message="four workers recycled")
+        assert load.errors == [], (load.errors[:5], forkd.log()[-3000:])
+        assert ready.fewest is not None and ready.fewest >= 2, "capacity dipped"
+        assert not forkd.worker_pids() & first, "the first workers are gone"
+        print(f"\nrecycling {limit[0]}: {load.ok} requests, {len(load.errors)} failed")
