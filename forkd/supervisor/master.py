@@ -266,6 +266,7 @@ class Master:
         gc.freeze()  # pages of objects made so far stay shared with the workers
         self.pool.reap()  # after a re-exec, children may have exited meanwhile
         self.manage_workers()
+        self._watchdog()
         if self.state is MasterState.RUNNING:  # re-executed: the watcher may have died
             self.start_reloader()
         try:
@@ -274,6 +275,20 @@ class Master:
         finally:
             self.shutdown()
         return self.exit_code
+
+    def _watchdog(self) -> None:
+        """systemd's WatchdogSec=: WATCHDOG=1 at half the interval, from this loop, so a
+        master that hangs is restarted by systemd (sd_watchdog_enabled(3))."""
+        usec, pid = os.environ.get("WATCHDOG_USEC", ""), os.environ.get("WATCHDOG_PID", "")
+        if not usec.isdigit() or int(usec) <= 0 or (pid and pid != str(os.getpid())):
+            return
+        interval = int(usec) / 2e6
+
+        def beat() -> None:
+            sd_notify("WATCHDOG=1")
+            self.loop.call_later(interval, beat)
+
+        beat()
 
     def iterate(self) -> None:
         clock = self.loop.clock
@@ -423,7 +438,10 @@ class Master:
             self.readiness.ready(
                 f"serving {self.tapfile} (pid {os.getpid()}): {ports}, {len(current)} worker(s)"
             )
-            sd_notify(f"READY=1\nMAINPID={os.getpid()}")
+            sd_notify(
+                f"READY=1\nMAINPID={os.getpid()}\n"
+                f"STATUS=serving {ports} with {len(current)} worker(s)"
+            )
             self.start_reloader()
 
     def start_reloader(self) -> None:

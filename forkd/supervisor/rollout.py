@@ -141,8 +141,8 @@ class Rollouts:
         self.close_retired()
         self.metrics.count(f"rollouts|{rollout.kind.value}|done")
         log.info("%s done: generation %d serves", rollout.kind, self.pool.generation)
-        if rollout.kind is RolloutKind.RELOAD:
-            sd_notify("READY=1")
+        status = f"STATUS=generation {self.pool.generation} serving (after a {rollout.kind})"
+        sd_notify(f"READY=1\n{status}" if rollout.kind is RolloutKind.RELOAD else status)
         for done in rollout.done:
             call(done, None, {"generation": self.pool.generation})
 

@@ -23,7 +23,7 @@ from typing import Any
 from forkd import tapfile, taps
 from forkd.control.server import ControlSocketError
 from forkd.ports import PortError
-from forkd.supervisor import daemon, logs, privileges, resume, spawn
+from forkd.supervisor import activation, daemon, logs, privileges, resume, spawn
 from forkd.supervisor.master import DEFAULT_GRACEFUL_TIMEOUT, DEFAULT_TIMEOUT, Master, MasterConfig
 from forkd.supervisor.pidfile import AlreadyRunning, PidFile, running_pid
 from forkd.supervisor.reloader import ReloadSettings
@@ -82,6 +82,7 @@ class StartOptions:
 def start(options: StartOptions) -> int:
     """Serve the tap until stopped; the exit code. Raises StartError before daemonizing."""
     tap = options.tap_path
+    passed = activation.passed_sockets()  # before daemonizing: LISTEN_PID is this pid
     taps.importable_here()  # a tap made beside its module finds it from there too
     try:
         application = tapfile.load(tap)
@@ -146,6 +147,7 @@ def start(options: StartOptions) -> int:
         config.workers = options.workers
     master = Master(application, config, log_setup, readiness, pidfile)
     try:
+        activation.adopt(application.ports, passed)
         master.bind_ports()
         master.serve_metrics()
         master.start_control(owner=uid)
