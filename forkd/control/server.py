@@ -79,8 +79,39 @@ def peer_uid(sock: socket.socket) -> int:
 QUIET_COMMANDS = frozenset({"status"})  # read-only: not worth a log line each
 
 
+SECRET_WORDS = ("password", "passwd", "secret", "token", "credential")
+REDACTED = "<redacted>"
+
+
+def redacted(args: Any) -> Any:
+    """`args` with the value of every secret-looking option hidden, for the log: an
+    `append telnet --password hunter2` must not write the password into a log file.
+    Options given as a command-line list (`["--password", "x"]` or `["--password=x"]`)
+    and as mapping keys are both covered."""
+    if isinstance(args, dict):
+        return {
+            key: REDACTED if any(w in str(key).lower() for w in SECRET_WORDS) else redacted(v)
+            for key, v in args.items()
+        }
+    if isinstance(args, list):
+        out: list[Any] = []
+        hide_next = False
+        for item in args:
+            text = str(item)
+            secret = text.startswith("-") and any(w in text.lower() for w in SECRET_WORDS)
+            if hide_next:
+                out.append(REDACTED)
+            elif secret and "=" in text:
+                out.append(text.split("=", 1)[0] + "=" + REDACTED)
+            else:
+                out.append(redacted(item))
+            hide_next = secret and "=" not in text
+        return out
+    return args
+
+
 def _summary(args: dict[str, Any]) -> str:
-    text = json.dumps(args, separators=(",", ":"), default=str)
+    text = json.dumps(redacted(args), separators=(",", ":"), default=str)
     return text if len(text) <= 200 else text[:197] + "..."
 
 

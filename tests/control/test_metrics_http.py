@@ -88,3 +88,18 @@ def test_an_exited_workers_counters_stay_in_the_totals_and_its_gauges_do_not() -
     again = MasterMetrics()
     again.restore(totals.snapshot([two]))  # across a re-exec
     assert again.totals([two]) == after
+
+
+def test_secrets_never_reach_the_control_log() -> None:
+    from forkd.control.server import REDACTED, redacted
+
+    args = {
+        "name": "telnet",
+        "options": ["--port", "8023", "--password", "hunter2", "--api-token=abc", "-p", "1"],
+        "password": "x",
+    }
+    assert redacted(args) == {
+        "name": "telnet",
+        "options": ["--port", "8023", "--password", REDACTED, f"--api-token={REDACTED}", "-p", "1"],
+        "password": REDACTED,
+    }

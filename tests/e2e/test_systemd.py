@@ -126,3 +126,18 @@ def test_sd_notify_across_start_reload_and_stop(tmp_path: pathlib.Path) -> None:
         assert stop(process) == 0
     wait_for(lambda: notify.seen("STOPPING=1"), message="STOPPING=1")
     notify.close()
+
+
+def test_a_password_given_to_forkctl_append_is_not_logged(tmp_path: pathlib.Path) -> None:
+    from forkd.testing import RunningForkd
+
+    tap = hello_tap(tmp_path, free_port())
+    with RunningForkd(tap, workers=1) as forkd:
+        done = forkctl(
+            str(tmp_path / "hello.ctl"),
+            *("append", "telnet", "--port", str(free_port()), "--password", "hunter2"),
+        )
+        assert done.returncode == 0, done.stderr
+        wait_for(lambda: "append" in forkd.log(), message="the append logged")
+    assert "hunter2" not in forkd.log()
+    assert "hunter2" not in (tmp_path / "hello.tap").read_bytes().decode("latin-1")
