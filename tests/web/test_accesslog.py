@@ -3,9 +3,12 @@ cost when off, and a real `forkd serve` logging a slow request to a file."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 import re
+import socket
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,6 +17,7 @@ from forkd.testing import Clock, StringTransport, connect
 from forkd.web import accesslog, resource, server
 from forkd.web.accesslog import AccessLog
 from forkd.web.hello import Hello
+from tests.webserving import ResponseReader, forkd_serve, get
 
 
 class Later(resource.Resource):
@@ -166,3 +170,178 @@ def test_the_format_is_a_site_attribute_that_pickles_and_is_checked_when_the_log
     copy.logFormat = "%(nope)s"  # a live edit from forkctl shell that the taps did not check
     with pytest.raises(ValueError, match="unknown atom"):
         copy.startFactory()  # the new worker fails to boot: the restart rolls back
+
+
+# -- the options: web, hello, wsgi and asgi taps, forkd serve --------------------------------
+def tap_options(name: str, *argv: str) -> Any:
+    from forkd import taps
+
+    config = taps.make_options(taps.load(name), name)
+    config.parseOptions(list(argv))
+    return config
+
+
+def test_the_taps_take_gunicorn_s_names_and_the_old_access_log(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    from forkd.app import Application
+    from workers import hello, web
+
+    monkeypatch.chdir(tmp_path)
+    for module in (web, hello):
+        name = module.__name__.rpartition(".")[2]
+        config = tap_options(name, "--access-logfile", "a.log", "--access-logformat", "json")
+        [(_, site)] = module.getPorts(Application(name), config)
+        copy = pickle.loads(pickle.dumps(site))  # as it goes into the tap
+        assert copy.logPath == str(tmp_path / "a.log")  # absolute: a worker's cwd differs
+        assert copy.logFormat == "json"
+        config = tap_options(name, "--access-log", "-")
+        [(_, site)] = module.getPorts(Application(name), config)
+        assert site.logPath == "-" and site.logFormat == server.Site.logFormat
+        [(_, site)] = module.getPorts(Application(name), tap_options(name))
+        assert site.logPath is None
+
+
+WSGI_APP = "def app(environ, start_response):\n    return []\n"
+
+
+@pytest.mark.parametrize("name", ["wsgi", "asgi"])
+def test_the_hosting_taps_put_the_log_options_on_their_site(tmp_path: Any, name: str) -> None:
+    from forkd.app import Application
+    from forkd.taps import load
+
+    (tmp_path / "tinyapp.py").write_text(WSGI_APP)
+    common = ["--app", "tinyapp:app", "--pythonpath", str(tmp_path)]
+    config = tap_options(name, *common, "--access-log", str(tmp_path / "x.log"))
+    config2 = tap_options(name, *common, "--access-logformat", "%(h)s %(D)s")
+    [(_, site)] = load(name).getPorts(Application(name), config)
+    [(_, site2)] = load(name).getPorts(Application(name), config2)
+    assert site.logPath == str(tmp_path / "x.log") and site.logFormat == server.Site.logFormat
+    assert site2.logPath is None and pickle.loads(pickle.dumps(site2)).logFormat == "%(h)s %(D)s"
+
+
+@pytest.mark.parametrize("name", ["web", "hello", "wsgi"])
+def test_a_bad_format_is_a_usage_error_when_the_tap_is_made(name: str, tmp_path: Any) -> None:
+    from forkd.usage import UsageError
+
+    (tmp_path / "tinyapp.py").write_text(WSGI_APP)
+    common = ["--app", "tinyapp:app", "--pythonpath", str(tmp_path)] if name == "wsgi" else []
+    with pytest.raises(UsageError, match=r"'%\(x\)s': unknown atom %\(x\)s \(known: h l u"):
+        tap_options(name, *common, "--access-logformat", "%(x)s")
+
+
+def test_forkd_serve_takes_the_log_options_and_refuses_a_bad_format(
+    tmp_path: Any, monkeypatch: Any, capsys: Any
+) -> None:
+    from forkd.cli import forkd as forkd_cli
+    from forkd.cli import parse_command
+    from workers.site_options import site_settings
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["serve", "app:app", "--access-logfile", "a.log", "--access-logformat", "json:x-id"]
+    args = parse_command(forkd_cli.parser(), argv)
+    settings = site_settings(vars(args))
+    assert settings["logPath"] == str(tmp_path / "a.log") and settings["logFormat"] == "json:x-id"
+    assert "logPath" not in site_settings(vars(parse_command(forkd_cli.parser(), argv[:2])))
+    with pytest.raises(SystemExit) as exit_info:
+        forkd_cli.main(["serve", "--help"])  # argparse %-formats help: the atoms survive it
+    assert exit_info.value.code == 0 and '"%(a)s"' in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        forkd_cli.main(["serve", "app:app", "--access-logformat", '"%(r)s" %(z)s'])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("forkd serve: error: argument --access-logformat: ")
+    assert error.endswith(
+        "unknown atom %(z)s (known: h l u t r m U q H s B b f a T M D L p, "
+        "{header}i, {header}o, {variable}e)"
+    )
+
+
+# -- a real forkd serving a WSGI application -------------------------------------------
+SLOW_APP = """
+import os
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MIN_WAIT = 0.2
+
+
+def app(environ, start_response):
+    waited = 0.0
+    if environ["PATH_INFO"] == "/slow":
+        # the test lets this request go (the file "release") once it knows it started
+        open(os.path.join(HERE, "started"), "w").close()
+        begun = time.perf_counter()
+        gate = threading.Event()
+        # and takes at least MIN_WAIT: a lower bound for the duration that does not hang
+        # on how fast the test is
+        while not os.path.exists(os.path.join(HERE, "release")) or (
+            time.perf_counter() - begun < MIN_WAIT
+        ):
+            gate.wait(0.01)
+        waited = time.perf_counter() - begun
+    start_response("200 OK", [("Content-Type", "text/plain"), ("X-Waited", "%.6f" % waited)])
+    return [b"%.6f" % waited]
+"""
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("kind", ["gunicorn", "json"])
+def test_forkd_serve_logs_a_slow_request_s_duration_to_a_file(tmp_path: Any, kind: str) -> None:
+    from forkd.testing import free_port, wait_for
+
+    (tmp_path / "slowapp.py").write_text(SLOW_APP)
+    log = tmp_path / "logs" / "access.log"
+    log.parent.mkdir()
+    spec = "json:x-request-id" if kind == "json" else '%(r)s %(s)s %(D)s "%({x-request-id}i)s"'
+    port = free_port()
+    args = ["slowapp:app", "--bind", f"127.0.0.1:{port}", "-w", "1"]
+    args += ["--access-logfile", "logs/access.log", "--access-logformat", spec]
+    with answering(tmp_path, args, port):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(
+                b"GET /slow HTTP/1.1\r\nHost: h\r\nX-Request-Id: r-1\r\nConnection: close\r\n\r\n"
+            )
+            wait_for(lambda: (tmp_path / "started").exists(), message="the app to start")
+            (tmp_path / "release").touch()
+            response = ResponseReader(sock).read()
+        assert response.status == 200
+        waited = float(response.body)  # what the application itself measured
+        assert waited >= 0.2
+        lines = wait_for(lambda: slow_lines(log), 10, message=lambda: log_tail(log))
+    [text] = lines
+    if kind == "json":
+        got = json.loads(text)
+        assert got["status"] == 200 and got["headers"] == {"x-request-id": "r-1"}
+        assert got["duration_ms"] >= waited * 1000
+    else:
+        request_line, status, micros, request_id = text.rsplit(" ", 3)
+        assert (request_line, status, request_id) == ("GET /slow HTTP/1.1", "200", '"r-1"')
+        assert int(micros) >= waited * 1_000_000
+
+
+def slow_lines(log: Any) -> list[str]:
+    if not log.exists():
+        return []
+    return [text for text in log.read_text().splitlines() if "/slow" in text]
+
+
+def log_tail(log: Any) -> str:
+    return f"a /slow line in {log}: {log.read_text()[-500:] if log.exists() else 'no file'}"
+
+
+@contextlib.contextmanager
+def answering(directory: Any, args: list[str], port: int) -> Iterator[None]:
+    """`forkd serve ARGS`, once it answers on `port` (a /fast request, logged too)."""
+    from forkd.testing import wait_for
+
+    def answers() -> bool:
+        try:
+            return get(port, b"/fast").status == 200
+        except OSError:
+            return False
+
+    with forkd_serve(directory, *args):
+        wait_for(answers, 30, message="forkd serve to answer")
+        yield
