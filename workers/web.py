@@ -18,6 +18,7 @@ from forkd.web.resource import Resource
 from forkd.web.server import Site
 from forkd.web.static import File
 from forkd.web.vhost import NamedVirtualHost
+from workers.site_options import ACCESS_LOG_OPTIONS, AccessLogAlias, tap_parameters
 
 WELCOME = os.path.join(os.path.dirname(os.path.abspath(__file__)), "welcome")
 
@@ -28,7 +29,8 @@ conditional requests, sendfile).
 not the current directory, which would publish whatever is there, a .git among it).
 --vhost NAME=DIR serves DIR for requests whose Host is NAME (any port, any case); other
 hosts get --path. Directories without an index file are listed unless --no-listing.
---access-log FILE (or - for standard output) writes a combined-format log, buffered.
+--access-logfile FILE (or - for standard output) writes an access log, buffered, in
+gunicorn's combined format unless --access-logformat says otherwise (json: JSON lines).
 Change it live from `forkctl shell`:
     application.ports[0].factory.resource.path = '/srv/other'
 """
@@ -41,7 +43,7 @@ def _directory(value: str, what: str) -> str:
     return path
 
 
-class Options(usage.Options):
+class Options(AccessLogAlias):
     optParameters = [
         ["port", "p", 8080, "TCP port to listen on.", usage.portCoerce],
         [
@@ -51,8 +53,7 @@ class Options(usage.Options):
             "Address to listen on: loopback unless told (0.0.0.0: every IPv4 address, '::': IPv6).",
         ],
         ["path", None, None, "Directory to serve [default: the bundled welcome page]."],
-        ["access-log", None, None, "Combined-format access log file, or - for stdout."],
-    ]
+    ] + tap_parameters(ACCESS_LOG_OPTIONS)
     optFlags = [
         ["no-listing", None, "Answer 403 for directories without an index file."],
     ]
@@ -94,5 +95,9 @@ def makeResource(config: Any) -> Resource:
 
 
 def getPorts(app: Any, config: Any) -> list[tuple[Any, Site]]:
-    site = Site(makeResource(config), logPath=config["access-log"])
+    site = Site(
+        makeResource(config),
+        logPath=config["access-logfile"],
+        logFormat=config["access-logformat"],
+    )
     return [(TCPPort(config["port"], site, interface=config["interface"]), site)]

@@ -15,19 +15,21 @@ from forkd import usage
 from forkd.ports import TCPPort
 from forkd.web.server import Site
 from workers.hosting import SITE_OPTIONS, HostedSite, load_application, site_settings
+from workers.site_options import AccessLogAlias, tap_parameters
 
 usage_message = """Serve a WSGI application (PEP 3333: Flask, Django, Falcon, ...) over HTTP/1.1.
 
 --app names it as gunicorn does: MODULE:ATTRIBUTE (myproject.wsgi:application) or
 MODULE:FACTORY() for an application factory. --pythonpath (default: the directory mktap
 ran in) is where MODULE is imported from. The application runs in --threads threads per
-worker; the sockets stay with the event loop.
+worker; the sockets stay with the event loop. --access-logfile FILE (or -) logs every
+request, in gunicorn's --access-logformat (default: the combined format; json: JSON lines).
 """
 
 INTERFACE = "wsgi"
 
 
-class Options(usage.Options):
+class Options(AccessLogAlias):
     optFlags = [
         ["no-preload", None, "Import the application in each worker, not once in the master."],
     ]
@@ -37,8 +39,7 @@ class Options(usage.Options):
         ["interface", "i", "127.0.0.1", "Address to listen on (0.0.0.0: every IPv4 address)."],
         ["threads", "t", 8, "Threads running the application, per worker (WSGI).", int],
         ["pythonpath", None, None, "Where MODULE is imported from [default: here]."],
-        ["access-log", None, None, "Combined-format access log file, or - for stdout."],
-    ] + [[option.name, None, None, option.describe(), option.coerce] for option in SITE_OPTIONS]
+    ] + tap_parameters(SITE_OPTIONS)
 
     def postOptions(self) -> None:
         if not self["app"]:
@@ -60,7 +61,6 @@ def getPorts(app: Any, config: Any, interface: str = INTERFACE) -> list[tuple[An
         config["pythonpath"],
         interface,
         config["threads"],
-        config["access-log"],
         settings=site_settings({option.dest: config[option.name] for option in SITE_OPTIONS}),
     )
     site.preloadApp = not config["no-preload"]

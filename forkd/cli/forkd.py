@@ -7,6 +7,7 @@
     forkd serve MODULE:APP [--bind ADDR]... [-w N] [--threads N] [--tap FILE] [-D]
                 [--reload [--reload-dir DIR]... [--reload-include GLOB]...
                  [--reload-exclude GLOB]... [--reload-delay S]]
+                [--access-logfile FILE|-] [--access-logformat FORMAT|json]
 
 `start` daemonizes unless -n and returns only once every port is bound and every worker is
 ready (exit 0); otherwise it prints the reason on one line and exits 1. Exit 2: bad usage.
@@ -21,6 +22,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from forkd import tapfile
@@ -204,8 +206,28 @@ def add_serve(commands: Any) -> None:
 
     for option in SITE_OPTIONS:
         names = [f"--{name}" for name in (option.name, *option.aliases)]
-        serve.add_argument(*names, dest=option.dest, type=option.coerce, help=option.describe())
+        serve.add_argument(
+            *names,
+            dest=option.dest,
+            type=argument_type(option.coerce),
+            help=option.describe().replace("%", "%%"),  # argparse %-formats help texts
+        )
     add_reload_options(serve, "the --pythonpath directory")
+
+
+def argument_type(coerce: Callable[[str], Any]) -> Callable[[str], Any]:
+    """`coerce` for argparse, which shows the reason of an ArgumentTypeError but answers
+    a ValueError with only "invalid <name> value" (which is right for int and float)."""
+    if coerce in (int, float, str):
+        return coerce
+
+    def parse(text: str) -> Any:
+        try:
+            return coerce(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return parse
 
 
 # -- start ---------------------------------------------------------------------------------

@@ -73,7 +73,9 @@ class Request(ResponseWriter):
         rawHeaders: list[tuple[bytes, bytes]],
         keepAlive: bool,
     ) -> None:
-        self._born = perf_counter()  # for the duration histogram (forkd.protocol.stats)
+        # the headers are complete: the start of the duration that the metrics' histogram
+        # (forkd.protocol.stats) and the access log count
+        self._born = perf_counter()
         self.channel = channel
         self.site = channel.factory
         self.method = method

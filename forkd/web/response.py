@@ -284,10 +284,11 @@ class ResponseWriter:
 
     def _done(self) -> None:
         self.finished = True
-        stats.responded(self.code, perf_counter() - self._born)
+        took = perf_counter() - self._born  # since the headers were complete
+        stats.responded(self.code, took)
         accesslog = self.site._accessLog
         if accesslog is not None:
-            accesslog.log(self)
+            accesslog.log(self, took)
         notifiers = self._notifiers
         if notifiers:
             self._notifiers = None

@@ -18,6 +18,7 @@ from typing import Any
 
 from forkd.protocol import Factory
 from forkd.web.channel import HTTPChannel
+from forkd.web.logformat import DEFAULT_FORMAT
 from forkd.web.request import Request
 from forkd.web.resource import NOT_DONE_YET, Resource, getChildForRequest
 from forkd.web.timeouts import Timeouts
@@ -75,13 +76,23 @@ class Site(Factory):
     #: methods answered 405 (with Allow) rather than 501 when a resource lacks them
     supportedMethods = (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS")
 
+    #: the access log's file ("-": standard output); None: no access log
+    logPath: str | None = None
+    #: its line format (forkd.web.logformat): a gunicorn --access-logformat string, or
+    #: "json" / "json:HEADER,..."
+    logFormat = DEFAULT_FORMAT
+
     _timeouts: Timeouts | None = None
     _accessLog: Any = None
     clock: Any = None  # a forkd.testing.Clock in tests; the running loop otherwise
 
-    def __init__(self, resource: Resource, logPath: str | None = None) -> None:
+    def __init__(
+        self, resource: Resource, logPath: str | None = None, logFormat: str | None = None
+    ) -> None:
         self.resource = resource
         self.logPath = logPath
+        if logFormat is not None:
+            self.logFormat = logFormat
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -126,21 +137,27 @@ class Site(Factory):
             self._timeouts = timeouts = Timeouts(
                 clock, self.timeoutResolution(), onTick=self._flushLog
             )
-        if self.logPath and self._accessLog is None:
-            self._openLog()
+            if self._accessLog is None:
+                self._openLog()
         return timeouts
 
     def _openLog(self) -> None:
-        from forkd.web.accesslog import AccessLog
+        """Open the access log, if the site has one. `_accessLog` is set on the instance
+        even when it is None: every request reads it (Request.__init__, _done), and an
+        instance attribute is a cheaper look-up than a miss that falls back to the class."""
+        if self.logPath:
+            from forkd.web.accesslog import AccessLog
 
-        self._accessLog = AccessLog(self.logPath or "-")
+            self._accessLog = AccessLog(self.logPath, self.logFormat)
+        else:
+            self._accessLog = None
 
     def _flushLog(self) -> None:
         if self._accessLog is not None:
             self._accessLog.flush()
 
     def startFactory(self) -> None:
-        if self.logPath and self._accessLog is None:
+        if self._accessLog is None:
             self._openLog()
 
     def stopFactory(self) -> None:

@@ -1,4 +1,4 @@
-"""Resource trees, the Request API, NamedVirtualHost, Headers, the access log (no sockets)."""
+"""Resource trees, the Request API, NamedVirtualHost, Headers (no sockets)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 
 from forkd.testing import Clock, StringTransport, connect
 from forkd.web import resource, server, vhost
-from forkd.web.accesslog import AccessLog, combined_line
 from forkd.web.headers import Headers
 from forkd.web.hello import Hello
 from tests.web.test_channel import responses
@@ -219,35 +218,6 @@ def test_headers_collection() -> None:
         headers.setRawHeaders(b"x", [b"a\nb"])
     with pytest.raises(TypeError):
         headers.setRawHeaders(b"x", b"abc")  # type: ignore[arg-type]
-
-
-def test_access_log_combined_format_is_buffered(tmp_path: Any) -> None:
-    path = tmp_path / "access.log"
-    site = server.Site(Hello(), logPath=str(path))
-    site.clock = Clock()
-    transport = StringTransport()
-    channel = connect(site, transport)
-    channel.dataReceived(
-        b'GET /x?y=1 HTTP/1.1\r\nHost: x\r\nReferer: http://r/\r\nUser-Agent: t "q"\r\n\r\n'
-    )
-    assert path.read_text() == ""  # buffered
-    site.clock.advance(1.0)  # the site's timer flushes it
-    line = path.read_text()
-    assert line.startswith("127.0.0.1 - - [")
-    assert line.endswith(' "GET /x?y=1 HTTP/1.1" 200 14 "http://r/" "t \\"q\\""\n')
-    site.stopFactory()
-
-
-def test_access_log_reopen(tmp_path: Any) -> None:
-    log = AccessLog(str(tmp_path / "a.log"))
-    log._buffer.append("one\n")
-    (tmp_path / "a.log").rename(tmp_path / "a.log.1")
-    log.reopen()
-    log._buffer.append("two\n")
-    log.close()
-    assert (tmp_path / "a.log.1").read_text() == "one\n"
-    assert (tmp_path / "a.log").read_text() == "two\n"
-    assert combined_line  # the formatter is public for other sites' use
 
 
 def test_notify_finish_is_awaitable() -> None:
