@@ -130,6 +130,12 @@ def add_supervision(command: Any) -> None:
         metavar="HOST:PORT",
         help="serve /metrics (Prometheus), /livez and /readyz from the master there",
     )
+    command.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="the master's and workers' log lines: text, or one JSON object per line",
+    )
     recycling = command.add_argument_group("worker recycling (one at a time, replacement first)")
     recycling.add_argument(
         "--max-requests", type=count, default=0, metavar="N", help="after N requests"
@@ -270,6 +276,7 @@ def start(args: argparse.Namespace, argv: list[str]) -> int:
         max_requests_jitter=args.max_requests_jitter,
         max_rss=args.max_rss,
         max_lifetime=args.max_lifetime,
+        log_format=args.log_format,
         argv=argv,
         reload=reload,
     )
@@ -328,6 +335,7 @@ def serve(args: argparse.Namespace, argv: list[str]) -> int:
         max_requests_jitter=args.max_requests_jitter,
         max_rss=args.max_rss,
         max_lifetime=args.max_lifetime,
+        log_format=args.log_format,
         argv=argv,
         reload=reload,
     )

@@ -5,6 +5,10 @@ stay readable:
 
     2024-05-01 12:00:00,123 [4242] [worker 3] INFO forkd.supervisor.worker: ready
 
+`--log-format json` writes one JSON object per line instead (time, level, logger, pid,
+role, message, and the traceback as one string field): a line-oriented log shipper then
+never splits a traceback into unrelated lines.
+
 A log file is reopened on SIGUSR1 (logrotate's `postrotate kill -USR1`); when forkd runs as a
 daemon, stdout and stderr point at the log file too, so a traceback or a faulthandler dump
 (SIGABRT of a stuck worker) lands in the log.
@@ -12,10 +16,12 @@ daemon, stdout and stderr point at the log file too, so a traceback or a faultha
 
 from __future__ import annotations
 
+import json
 import logging
 import logging.handlers
 import os
 import sys
+from datetime import UTC, datetime
 
 FORMAT = "%(asctime)s [%(process)d] [%(role)s] %(levelname)s %(name)s: %(message)s"
 LOGGER_NAME = "forkd"
@@ -31,6 +37,28 @@ class RoleFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.role = self.role
         return True
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per record; json.dumps escapes, so no message can forge a field."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "pid": record.process,
+            "role": getattr(record, "role", ""),
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["traceback"] = record.exc_text
+        return json.dumps(entry, ensure_ascii=True)
+
+
+FORMATS = ("text", "json")
 
 
 class ReopenableFileHandler(logging.FileHandler):
@@ -50,7 +78,11 @@ class LogSetup:
     """The process's logging configuration: where it goes and how to reopen it."""
 
     def __init__(
-        self, target: str | None, redirect_std: bool = False, follow_renames: bool = False
+        self,
+        target: str | None,
+        redirect_std: bool = False,
+        follow_renames: bool = False,
+        log_format: str = "text",
     ) -> None:
         """`target` is a file path, or None / "-" for stderr. `redirect_std` points fds 1
         and 2 at the file (daemon mode), so stray output and tracebacks are kept.
@@ -66,7 +98,8 @@ class LogSetup:
             handler = logging.handlers.WatchedFileHandler(self.path, encoding="utf-8")
         else:
             handler = ReopenableFileHandler(self.path, encoding="utf-8")
-        handler.setFormatter(logging.Formatter(FORMAT))
+        self.log_format = log_format
+        handler.setFormatter(JSONFormatter() if log_format == "json" else logging.Formatter(FORMAT))
         handler.addFilter(self.role_filter)
         self.handler = handler
         logger = logging.getLogger(LOGGER_NAME)

@@ -657,6 +657,7 @@ class Master:
             "pidfile_fd": None,
             "log": self.log_setup.path if self.log_setup is not None else None,
             "log_redirect": self.log_setup.redirect_std if self.log_setup is not None else False,
+            "log_format": self.log_setup.log_format if self.log_setup is not None else "text",
             "metrics": self.metrics.snapshot(self.pool.all()),
             "metrics_fd": None,
         }

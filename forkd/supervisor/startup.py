@@ -56,6 +56,7 @@ class StartOptions:
     max_requests_jitter: int = 0
     max_rss: float = 0.0
     max_lifetime: float = 0.0
+    log_format: str = "text"  # or "json"
     argv: list[str] = field(default_factory=list)  # to re-execute the same command line
     reload: ReloadSettings | None = None  # --reload (development): watch these for changes
 
@@ -118,7 +119,9 @@ def start(options: StartOptions) -> int:
 
     target = options.log_target()
     try:
-        log_setup = logs.LogSetup(target, redirect_std=not options.nodaemon)
+        log_setup = logs.LogSetup(
+            target, redirect_std=not options.nodaemon, log_format=options.log_format
+        )
     except OSError as error:
         return fail(f"cannot open the log file {target}: {error.strerror or error}")
     pidfile = PidFile(options.pid_path)
@@ -165,5 +168,9 @@ def start(options: StartOptions) -> int:
 
 def resume_reload(state: dict[str, Any]) -> int:
     """The second half of a reload: this process is the re-executed master."""
-    log_setup = logs.LogSetup(state.get("log") or "-", redirect_std=bool(state.get("log_redirect")))
+    log_setup = logs.LogSetup(
+        state.get("log") or "-",
+        redirect_std=bool(state.get("log_redirect")),
+        log_format=str(state.get("log_format") or "text"),
+    )
     return resume.resume(state, log_setup).run()

@@ -78,6 +78,18 @@ def served_by_worker(port: Any) -> bool:
     return not getattr(getattr(port, "factory", None), "servedByMaster", False)
 
 
+def log_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """What the event loop could not hand to anyone (an exception in a callback, a task
+    nobody awaited): one record of forkd's log, with the worker's role and pid and the
+    traceback, instead of asyncio's own multi-line message on stderr."""
+    error = context.get("exception")
+    log.error(
+        "event loop: %s",
+        context.get("message", "error"),
+        exc_info=(type(error), error, error.__traceback__) if error is not None else None,
+    )
+
+
 def new_event_loop() -> asyncio.AbstractEventLoop:
     """uvloop when installed, the stdlib loop otherwise."""
     if uvloop is None:
@@ -140,6 +152,7 @@ class Worker:
             faulthandler.enable(all_threads=True)
         setproctitle.setproctitle(f"forkd: {role} [{self.settings.title}]")
         self.loop = new_event_loop()
+        self.loop.set_exception_handler(log_loop_error)
         asyncio.set_event_loop(self.loop)
         try:
             return self.loop.run_until_complete(self.main())
@@ -154,7 +167,8 @@ class Worker:
             await self.boot()
         except Exception as error:
             message = last_line(error)
-            log.error("boot failed: %s", message)
+            # the whole traceback in the log; the master and `forkd start` say one line
+            log.error("boot failed: %s", message, exc_info=error)
             with contextlib.suppress(Exception):
                 self.channel.send_blocking({"op": Op.BOOT_FAILED, "error": message})
             return EXIT_BOOT_FAILED
