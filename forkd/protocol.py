@@ -105,8 +105,11 @@ class ConnectionStats:
                 bound = LATENCY_BUCKETS[index] if index < len(LATENCY_BUCKETS) else "+Inf"
                 out[f"latency|{bound}"] = count
         open_by_port: dict[Any, int] = {}
+        in_flight = 0
         for protocol in self.open:
             open_by_port[protocol.server] = open_by_port.get(protocol.server, 0) + 1
+            in_flight += getattr(protocol, "_active", None) is not None  # an HTTP request
+        out["in_flight"] = in_flight
         for port, (connections, requests) in self.byPort.items():
             key = getattr(port, "key", None)
             if key is not None:

@@ -31,7 +31,7 @@ from forkd.protocol import LATENCY_BUCKETS
 from forkd.supervisor.supervision import WorkerProcess, WorkerState
 
 #: worker metrics that are present values, summed over live workers only (the rest count up)
-GAUGES = ("connections", "port_connections", "wsgi_threads_busy", "wsgi_threads")
+GAUGES = ("connections", "in_flight", "port_connections", "wsgi_threads_busy", "wsgi_threads")
 
 EXIT_REASONS = (
     "reload",
@@ -183,6 +183,16 @@ class MasterCollector:
 
         yield GaugeMetricFamily(
             "forkd_connections_open", "Open connections.", value=totals.get("connections", 0)
+        )
+        yield GaugeMetricFamily(
+            "forkd_requests_in_flight",
+            "HTTP requests being answered, at the workers' last heartbeats.",
+            value=totals.get("in_flight", 0),
+        )
+        yield GaugeMetricFamily(
+            "forkd_workers_busy",
+            "Workers answering at least one request at their last heartbeat (saturation).",
+            value=sum(1 for w in workers if w.metrics.get("in_flight", 0) > 0),
         )
         yield CounterMetricFamily(
             "forkd_connections", "Connections accepted.", value=totals.get("accepted", 0)
