@@ -78,6 +78,18 @@ def served_by_worker(port: Any) -> bool:
     return not getattr(getattr(port, "factory", None), "servedByMaster", False)
 
 
+def cancel_pending(loop: asyncio.AbstractEventLoop, grace: float = 1.0) -> None:
+    """Cancel the tasks still running as the worker exits (an ASGI request whose client
+    was cut at the end of the drain) and give them `grace` seconds to unwind, so their
+    `finally` blocks run and the loop does not log each as "destroyed but pending"."""
+    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        with contextlib.suppress(Exception):
+            loop.run_until_complete(asyncio.wait(pending, timeout=grace))
+
+
 def log_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
     """What the event loop could not hand to anyone (an exception in a callback, a task
     nobody awaited): one record of forkd's log, with the worker's role and pid and the
@@ -157,6 +169,7 @@ class Worker:
         try:
             return self.loop.run_until_complete(self.main())
         finally:
+            cancel_pending(self.loop)
             self.loop.close()
 
     # -- the life -----------------------------------------------------------------------

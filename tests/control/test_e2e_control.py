@@ -395,7 +395,8 @@ def test_control_socket_deleted_under_the_master(tmp_path: pathlib.Path) -> None
     with RunningForkd(tap, workers=1, extra_paths=[TAP_MODULES_DIR]) as forkd:
         os.unlink(ctl)
         status = forkctl(ctl, "status")
-        assert status.returncode != 0 and len(status.stderr.strip().splitlines()) == 1
+        # one clean line, unless the master already bound it again (a slow forkctl start)
+        assert status.returncode == 0 or len(status.stderr.strip().splitlines()) == 1
         assert "Traceback" not in status.stderr
         # the master binds it again: forkctl works without a restart
         wait_for(
