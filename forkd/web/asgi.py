@@ -209,7 +209,7 @@ class _Exchange:
             if body:
                 request.write(body)
             if not message.get("more_body", False):
-                self.finished = True
+                self._finished()
                 request.finish()
             elif request.channel.writePaused:
                 await self._drained()
@@ -219,6 +219,13 @@ class _Exchange:
             self._pathsend(str(message["path"]))
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r} for an HTTP request")
+
+    def _finished(self) -> None:
+        """The response is complete: from now on receive() says http.disconnect, as
+        uvicorn's does, so a task of the application waiting on it (Starlette listens
+        for the disconnect while it streams) ends instead of waiting for ever."""
+        self.finished = True
+        self.gone.set()
 
     def _pathsend(self, path: str) -> None:
         """The `http.response.pathsend` extension: the file at `path` is the whole body,
@@ -230,7 +237,7 @@ class _Exchange:
         except OSError:
             file.close()
             raise
-        self.finished = True
+        self._finished()
         declared = request.responseHeaders.getRawHeaders(b"content-length")
         if declared:
             size = min(size, int(declared[-1]))
