@@ -102,25 +102,33 @@ class HostedSite(Site):
             await self.lifespan.shutdown()
 
 
-def parse_bind(text: str, factory: Any) -> Any:
-    """A gunicorn `--bind`: HOST:PORT, [IPV6]:PORT, :PORT or unix:PATH."""
+def parse_bind(text: str, factory: Any, contextFactory: Any = None) -> Any:
+    """A gunicorn `--bind`: HOST:PORT, [IPV6]:PORT, :PORT or unix:PATH; over TLS when
+    `contextFactory` is given (as gunicorn's --certfile applies to every bind)."""
     if text.startswith("unix:"):
-        return UNIXPort(text[len("unix:") :], factory)
+        return UNIXPort(text[len("unix:") :], factory, contextFactory=contextFactory)
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
         raise ValueError(f"bad --bind {text!r}: give HOST:PORT, [::1]:PORT or unix:PATH")
-    return TCPPort(int(port), factory, interface=host.strip("[]"))
+    return TCPPort(int(port), factory, interface=host.strip("[]"), contextFactory=contextFactory)
 
 
 def serve_application(
-    app: str, binds: list[str], threads: int, pythonpath: str, name: str, interface: str = "auto"
+    app: str,
+    binds: list[str],
+    threads: int,
+    pythonpath: str,
+    name: str,
+    interface: str = "auto",
+    contextFactory: Any = None,
 ) -> Application:
     """The Application `forkd serve MODULE:APP --bind ...` runs: one HostedSite on every
-    bind, the application resolved first (as the taps do) to pick its interface."""
+    bind (over TLS with a `contextFactory`), the application resolved first (as the taps
+    do) to pick its interface."""
     loaded = load_application(app, pythonpath)
     kind = interface_of(loaded) if interface == "auto" else interface
     site = HostedSite(app, pythonpath, kind, threads)
     application = Application(name)
     for bind in binds:
-        application.addPort(parse_bind(bind, site))
+        application.addPort(parse_bind(bind, site, contextFactory))
     return application

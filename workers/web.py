@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from forkd import usage
+from forkd import tls, usage
 from forkd.ports import TCPPort
 from forkd.web.resource import Resource
 from forkd.web.server import Site
@@ -29,6 +29,8 @@ not the current directory, which would publish whatever is there, a .git among i
 --vhost NAME=DIR serves DIR for requests whose Host is NAME (any port, any case); other
 hosts get --path. Directories without an index file are listed unless --no-listing.
 --access-log FILE (or - for standard output) writes a combined-format log, buffered.
+--certfile FILE (and --keyfile, unless the key is in it) serves HTTPS instead of HTTP;
+--ca-certs FILE asks clients for certificates issued by those CAs.
 Change it live from `forkctl shell`:
     application.ports[0].factory.resource.path = '/srv/other'
 """
@@ -52,6 +54,7 @@ class Options(usage.Options):
         ],
         ["path", None, None, "Directory to serve [default: the bundled welcome page]."],
         ["access-log", None, None, "Combined-format access log file, or - for stdout."],
+        *tls.optParameters,
     ]
     optFlags = [
         ["no-listing", None, "Answer 403 for directories without an index file."],
@@ -77,6 +80,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         self["path"] = _directory(self["path"] or WELCOME, "--path")
+        self["tls"] = tls.fromConfig(self)  # the certificate loads now, or mktap says why
 
 
 def makeResource(config: Any) -> Resource:
@@ -95,4 +99,7 @@ def makeResource(config: Any) -> Resource:
 
 def getPorts(app: Any, config: Any) -> list[tuple[Any, Site]]:
     site = Site(makeResource(config), logPath=config["access-log"])
-    return [(TCPPort(config["port"], site, interface=config["interface"]), site)]
+    port = TCPPort(
+        config["port"], site, interface=config["interface"], contextFactory=config["tls"]
+    )
+    return [(port, site)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from forkd import usage
+from forkd import tls, usage
 from forkd.ports import TCPPort
 from forkd.web.server import Site
 from workers.hosting import HostedSite, load_application
@@ -21,7 +21,7 @@ usage_message = """Serve a WSGI application (PEP 3333: Flask, Django, Falcon, ..
 --app names it as gunicorn does: MODULE:ATTRIBUTE (myproject.wsgi:application) or
 MODULE:FACTORY() for an application factory. --pythonpath (default: the directory mktap
 ran in) is where MODULE is imported from. The application runs in --threads threads per
-worker; the sockets stay with the event loop.
+worker; the sockets stay with the event loop. --certfile FILE (and --keyfile) serves HTTPS.
 """
 
 INTERFACE = "wsgi"
@@ -35,6 +35,7 @@ class Options(usage.Options):
         ["threads", "t", 8, "Threads running the application, per worker (WSGI).", int],
         ["pythonpath", None, None, "Where MODULE is imported from [default: here]."],
         ["access-log", None, None, "Combined-format access log file, or - for stdout."],
+        *tls.optParameters,
     ]
 
     def postOptions(self) -> None:
@@ -43,6 +44,7 @@ class Options(usage.Options):
         if self["threads"] < 1:
             raise usage.UsageError("--threads must be at least 1")
         self["pythonpath"] = os.path.abspath(self["pythonpath"] or os.getcwd())
+        self["tls"] = tls.fromConfig(self)  # the certificate loads now, or mktap says why
         try:  # found now, not at the first request: as gunicorn --check-config
             load_application(self["app"], self["pythonpath"])
         except Exception as error:
@@ -55,4 +57,7 @@ def getPorts(app: Any, config: Any, interface: str = INTERFACE) -> list[tuple[An
     site = HostedSite(
         config["app"], config["pythonpath"], interface, config["threads"], config["access-log"]
     )
-    return [(TCPPort(config["port"], site, interface=config["interface"]), site)]
+    port = TCPPort(
+        config["port"], site, interface=config["interface"], contextFactory=config["tls"]
+    )
+    return [(port, site)]
