@@ -187,3 +187,26 @@ def test_a_reload_turns_tls_on_for_a_plain_port_on_the_same_socket(
         forkd.wait_workers(1, exclude=plain_workers)
         assert https_get(urllib3_pool(certs), port).status == 200
         assert "cannot listen" not in forkd.log()
+
+
+@pytest.mark.e2e
+def test_a_renewed_certificate_is_served_after_forkctl_restart(
+    certs: Certificates, tmp_path: Path
+) -> None:
+    """The tap names the files: a restart's workers read them again, nothing else to do."""
+    import shutil
+
+    port = free_port()
+    served = tmp_path / "served.pem"
+    shutil.copy(certs.combined, served)
+    tap = make_tap(tmp_path / "web.tap", "web", "--port", str(port), "--certfile", str(served))
+    (tmp_path / "renewed").mkdir()
+    renewed = make_certificates(tmp_path / "renewed")  # another CA: only the new one is trusted
+    with RunningForkd(tap, workers=1) as forkd:
+        old_workers = forkd.wait_workers(1)
+        assert https_get(urllib3_pool(certs), port).status == 200
+        shutil.copy(renewed.combined, served)  # what certbot's deploy hook does, then:
+        restarted = forkctl(str(tmp_path / "web.ctl"), "restart", forkd=forkd)
+        assert restarted.returncode == 0, restarted.stderr
+        forkd.wait_workers(1, exclude=old_workers)
+        assert https_get(urllib3_pool(renewed), port).status == 200
