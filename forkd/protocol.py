@@ -19,6 +19,8 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from forkd import tls
+
 
 class ConnectionDone(Exception):
     """The connection was closed cleanly (the `reason` given to connectionLost)."""
@@ -104,6 +106,13 @@ class Transport:
         self._streaming = True
         self._write_paused = False
         self._peer: tuple[Any, ...] | None = None
+        if transport.get_extra_info("sslcontext") is not None:
+            self.loseConnection = self._loseTLS
+
+    def _loseTLS(self) -> None:
+        """loseConnection over TLS: flush, close_notify, and no wait for the peer's own
+        once everything is delivered (forkd.tls.close)."""
+        tls.close(self._transport, lambda: self.loseConnection is _ignore)
 
     def getPeer(self) -> tuple[Any, ...]:
         """The peer as ('INET', host, port), ('INET6', host, port) or ('UNIX', path)."""

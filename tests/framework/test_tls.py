@@ -3,8 +3,10 @@ context built where it serves, and the one-line errors for a configuration that 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import socket
 import ssl
 import types
 from pathlib import Path
@@ -19,6 +21,7 @@ from forkd.ports import TCPPort, UNIXPort
 from forkd.protocol import Factory
 from forkd.supervisor import reexec
 from forkd.supervisor import status as master_status
+from forkd.testing import wait_for
 from forkd.tls import ServerContextFactory, TLSError
 from forkd.usage import UsageError
 from tests.tlscerts import Certificates, make_certificates
@@ -265,3 +268,44 @@ def test_a_reload_is_refused_when_a_certificate_is_gone(
     os.unlink(certs.key)
     error = reexec.validate(application.tapfile)
     assert error is not None and "cannot read the private key" in error and "\n" not in error
+
+
+class _Buffered:
+    """What forkd.tls.close sees of a closing TLS transport: its buffer and its socket."""
+
+    def __init__(self, sock: socket.socket, buffered: int = 0) -> None:
+        self.sock = sock
+        self.buffered = buffered
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def get_extra_info(self, name: str) -> Any:
+        return self.sock if name == "socket" else None
+
+
+def test_delivered_means_nothing_left_in_the_loop_or_unacknowledged_in_the_kernel() -> None:
+    from forkd.tls import _delivered
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+        with client, server:
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # little to drain
+            assert _delivered(_Buffered(server))
+            assert not _delivered(_Buffered(server, buffered=24))  # still in the TLS layer
+            server.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                while True:  # fill the peer's window: the rest waits unacknowledged
+                    server.send(b"x" * 65536)
+            assert not _delivered(_Buffered(server))
+            client.setblocking(False)
+
+            def drained() -> bool:
+                with contextlib.suppress(BlockingIOError):
+                    while client.recv(1 << 20):
+                        pass
+                return _delivered(_Buffered(server))
+
+            wait_for(drained, message="the peer to acknowledge everything")
+    assert not _delivered(_Buffered(server))  # a closed socket: the loop's timeout decides

@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,14 +20,16 @@ import pytest
 
 from forkd.ports import TCPPort
 from forkd.protocol import stats
+from forkd.testing import wait_for
 from forkd.tls import HTTP_ALPN, ServerContextFactory
 from forkd.web import server
 from forkd.web.asgi import ASGIResource
 from forkd.web.wsgi import WSGIResource
 from tests.tlscerts import Certificates, closed_by_peer, make_certificates, tls_connect, tls_get
-from tests.webserving import Response, get
+from tests.webserving import Response, ResponseReader, get
 
 TIMEOUT = 10.0
+STALL = 1.5  # seconds a slow client stops reading
 
 
 @pytest.fixture
@@ -39,8 +43,12 @@ def loop_kind(request: Any) -> str:
 
 
 @contextlib.contextmanager
-def served(port: TCPPort, loop_kind: str) -> Iterator[TCPPort]:
-    """`port` bound on 127.0.0.1 and served on a loop of its own thread, as a worker does."""
+def served(
+    port: TCPPort, loop_kind: str, send_buffer: int = 0
+) -> Iterator[asyncio.AbstractEventLoop]:
+    """`port` bound on 127.0.0.1 and served on a loop (yielded) of its own thread, as a
+    worker does (its connections with a kernel send buffer of `send_buffer` bytes, if
+    given)."""
     if loop_kind == "uvloop":
         import uvloop
 
@@ -48,6 +56,9 @@ def served(port: TCPPort, loop_kind: str) -> Iterator[TCPPort]:
     else:
         loop = asyncio.new_event_loop()
     port.startListening()
+    if send_buffer:
+        assert port.socket is not None  # accepted sockets inherit it
+        port.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
     started = threading.Event()
     holder: dict[str, Any] = {}
 
@@ -75,7 +86,7 @@ def served(port: TCPPort, loop_kind: str) -> Iterator[TCPPort]:
         assert started.wait(TIMEOUT), "the loop did not start"
         if "error" in holder:
             raise holder["error"]
-        yield port
+        yield loop
     finally:
         if thread.is_alive():
             loop.call_soon_threadsafe(loop.stop)
@@ -173,3 +184,75 @@ def test_ca_certs_require_a_client_certificate_from_that_ca(
         assert not refused_handshake(port.port, with_certificate)
         _alpn, response = tls_get(port.port, with_certificate)
     assert body_of(response) == {"scheme": "https"}
+
+
+@pytest.mark.parametrize(
+    "left",
+    [None, 20_000],
+    ids=["most of it left in the TLS layer", "the tail left below it, in the loop and kernel"],
+)
+def test_a_client_that_stalls_at_the_end_of_a_response_still_gets_all_of_it(
+    certs: Certificates, tmp_path: Path, left: int | None
+) -> None:
+    """A client that pauses reading after the server closed loses nothing of a
+    `Connection: close` response: not to the loop's shutdown timeout (which times the
+    flush and close_notify as one) while it is shorter than the pause, and not to
+    forkd.tls.close's early abort, which waits until the peer's kernel has it all."""
+    from forkd.web.static import File
+
+    class Patient(ServerContextFactory):
+        shutdownTimeout = STALL * 2
+
+    (tmp_path / "www").mkdir()
+    data = os.urandom(400_000)
+    (tmp_path / "www" / "blob.bin").write_bytes(data)
+    site = server.Site(File(str(tmp_path / "www")))
+    port = TCPPort(0, site, interface="127.0.0.1", contextFactory=Patient(certs.cert, certs.key))
+    with served(port, "uvloop", send_buffer=4096):
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the kernel holds little
+        raw.connect(("127.0.0.1", port.port))
+        with certs.client_context().wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+            sock.sendall(b"GET /blob.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            received = sock.recv(4096)
+            wait_for(lambda: closing(site), message="the server to have written the response")
+            while left is not None and len(received) < len(data) - left:
+                received += sock.recv(4096)
+            assert not received.endswith(data)  # some is still on its way
+            time.sleep(STALL)  # the client stalls: the point of the test, not a synchronisation
+            while chunk := sock.recv(65536):
+                received += chunk
+    assert received.endswith(data)
+
+
+def test_a_tls_close_waits_as_long_as_a_plain_write_may_stall() -> None:
+    assert ServerContextFactory.shutdownTimeout >= server.Site.sendTimeout
+
+
+def closing(site: server.Site) -> bool:
+    """Whether the site's one connection has been closed by the server (loseConnection),
+    with or without its output flushed."""
+    channels = [p for p in stats.open if p.factory is site]
+    return len(channels) == 1 and channels[0].transport.disconnecting
+
+
+def test_an_idle_client_that_never_reads_does_not_hold_a_closing_connection(
+    certs: Certificates, loop_kind: str
+) -> None:
+    """A `requests` pool's idle connection: the server's close_notify is never answered,
+    yet the connection (and a draining worker with it) goes as soon as all is delivered,
+    not after the 60 s shutdown timeout; the client still got a clean TLS close."""
+    site = server.Site(WSGIResource(scheme_wsgi, 1))
+    port = tls_site_port(certs, site)
+    with served(port, loop_kind) as loop:
+        raw = socket.create_connection(("127.0.0.1", port.port), timeout=TIMEOUT)
+        context = certs.client_context()
+        with context.wrap_socket(
+            raw, server_hostname="127.0.0.1", suppress_ragged_eofs=False
+        ) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert body_of(ResponseReader(sock).read()) == {"scheme": "https"}
+            (channel,) = [p for p in stats.open if p.factory is site]
+            loop.call_soon_threadsafe(channel.connectionDraining)
+            wait_for(lambda: channel not in stats.open, 5.0, message="the idle close")
+            assert sock.recv(65536) == b""  # close_notify, not a ragged EOF (SSLEOFError)
