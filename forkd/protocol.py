@@ -19,7 +19,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from forkd import tls
+from forkd import tlsclose
 
 
 class ConnectionDone(Exception):
@@ -111,8 +111,8 @@ class Transport:
 
     def _loseTLS(self) -> None:
         """loseConnection over TLS: flush, close_notify, and no wait for the peer's own
-        once everything is delivered (forkd.tls.close)."""
-        tls.close(self._transport, lambda: self.loseConnection is _ignore)
+        once everything is delivered (forkd.tlsclose)."""
+        tlsclose.close(self._transport, lambda: self.loseConnection is _ignore)
 
     def getPeer(self) -> tuple[Any, ...]:
         """The peer as ('INET', host, port), ('INET6', host, port) or ('UNIX', path)."""

@@ -24,13 +24,9 @@ not match the certificate is one line at once, not a worker that fails to boot l
 
 from __future__ import annotations
 
-import asyncio
-import fcntl
 import os
 import ssl
-import struct
-import termios
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from forkd import usage
@@ -44,10 +40,8 @@ HANDSHAKE_TIMEOUT = 10.0
 #: close_notify back: the event loop times both as one, and cuts the connection after it,
 #: losing the tail of a `Connection: close` response to a client slower than that. So it
 #: gets as long as forkd.web gives a stalled write (Site.sendTimeout, nginx send_timeout);
-#: `close` below ends it sooner once everything is delivered
+#: forkd.tlsclose ends it sooner once everything is delivered
 SHUTDOWN_TIMEOUT = 60.0
-#: seconds between two looks at a closing connection's unsent bytes (see `close`)
-CLOSE_POLL = 0.1
 
 CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 GUNICORN_CERT_REQS = {"0": "none", "1": "optional", "2": "required"}  # its --cert-reqs N
@@ -207,46 +201,6 @@ def serving(contextFactory: Any) -> dict[str, Any]:
         "ssl_handshake_timeout": getattr(contextFactory, "handshakeTimeout", HANDSHAKE_TIMEOUT),
         "ssl_shutdown_timeout": getattr(contextFactory, "shutdownTimeout", SHUTDOWN_TIMEOUT),
     }
-
-
-def close(transport: Any, lost: Callable[[], bool]) -> None:
-    """Close a TLS connection without waiting on the peer for what it need not send.
-
-    `transport.close()` flushes, sends close_notify and then waits for the peer's own
-    close_notify, up to the shutdown timeout: a client that never reads (an idle
-    keep-alive connection in a `requests` pool) would hold the connection, and a draining
-    worker, for all of it. TLS lets the side that closes first go without that answer
-    (RFC 8446 6.1; nginx does), so once everything sent has been delivered, and still is
-    a poll later, the connection is aborted. A slow client keeps what it is owed: until
-    then only the loop's shutdown timeout cuts it. `lost()` says the connection is gone."""
-    if transport.is_closing():  # closed already, by us or by the peer's close_notify
-        return
-    transport.close()
-    loop = asyncio.get_running_loop()
-
-    def poll(quiet: bool) -> None:
-        if lost():
-            return
-        delivered = _delivered(transport)
-        if delivered and quiet:
-            transport.abort()
-        else:
-            loop.call_later(CLOSE_POLL, poll, delivered)
-
-    loop.call_later(CLOSE_POLL, poll, False)
-
-
-def _delivered(transport: Any) -> bool:
-    """Whether every byte written (close_notify included) has left the loop's buffers
-    and been acknowledged by the peer's kernel (Linux SIOCOUTQ: the unacknowledged bytes)."""
-    if transport.get_write_buffer_size():
-        return False
-    sock = transport.get_extra_info("socket")
-    try:
-        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4)
-    except (AttributeError, OSError, ValueError):  # gone, or not Linux: the loop decides
-        return False
-    return bool(struct.unpack("i", raw)[0] == 0)
 
 
 def check(port: Any) -> None:

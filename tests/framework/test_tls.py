@@ -271,7 +271,7 @@ def test_a_reload_is_refused_when_a_certificate_is_gone(
 
 
 class _Buffered:
-    """What forkd.tls.close sees of a closing TLS transport: its buffer and its socket."""
+    """What forkd.tlsclose.close sees of a closing TLS transport: its buffer and its socket."""
 
     def __init__(self, sock: socket.socket, buffered: int = 0) -> None:
         self.sock = sock
@@ -285,7 +285,7 @@ class _Buffered:
 
 
 def test_delivered_means_nothing_left_in_the_loop_or_unacknowledged_in_the_kernel() -> None:
-    from forkd.tls import _delivered
+    from forkd.tlsclose import _delivered
 
     with socket.create_server(("127.0.0.1", 0)) as listener:
         client = socket.create_connection(listener.getsockname())

@@ -197,7 +197,7 @@ def test_a_client_that_stalls_at_the_end_of_a_response_still_gets_all_of_it(
     """A client that pauses reading after the server closed loses nothing of a
     `Connection: close` response: not to the loop's shutdown timeout (which times the
     flush and close_notify as one) while it is shorter than the pause, and not to
-    forkd.tls.close's early abort, which waits until the peer's kernel has it all."""
+    forkd.tlsclose's early abort, which waits until the peer's kernel has it all."""
     from forkd.web.static import File
 
     class Patient(ServerContextFactory):
