@@ -4,9 +4,9 @@ An Application is a name, an optional uid/gid to run as, and a list of ports, ea
 factory. mktap builds one and pickles it; `forkd start` unpickles it in the master.
 
 Inside a running forkd the master attaches itself as the application's *runtime*: then
-`listenTCP`, `listenUNIX`, `addPort` and `removePort` take effect at once (the master binds
-the port and every worker starts serving it), which is what makes the seed's live
-`__main__.application.listenTCP(8443, factory)` work.
+`listenTCP`, `listenSSL`, `listenUNIX`, `addPort` and `removePort` take effect at once (the
+master binds the port and every worker starts serving it), which is what makes the seed's
+live `__main__.application.listenTCP(8443, factory)` work.
 """
 
 from __future__ import annotations
@@ -64,16 +64,38 @@ class Application:
         self, port: int, factory: Any, backlog: int = DEFAULT_BACKLOG, interface: str = ""
     ) -> TCPPort:
         """Serve `factory` on TCP `port` (on every IPv4 address unless `interface` says)."""
-        if (
-            isinstance(port, bool)
-            or not isinstance(port, (int, str))
-            or not (str(port).isdigit() and 0 <= int(port) <= 65535)
-        ):
-            # refused here, not at `forkd start`: a tap must never hold a port it cannot bind
-            raise ValueError(f"bad TCP port {port!r}: a port is a number from 0 to 65535")
-        tcp = TCPPort(port, factory, backlog=backlog, interface=interface)
+        tcp = TCPPort(_tcp_port(port), factory, backlog=backlog, interface=interface)
         self.addPort(tcp)
         return tcp
+
+    def listenSSL(
+        self,
+        port: int,
+        factory: Any,
+        contextFactory: Any,
+        backlog: int = DEFAULT_BACKLOG,
+        interface: str = "",
+    ) -> TCPPort:
+        """Serve `factory` over TLS on TCP `port`: Twisted's listenSSL. `contextFactory`
+        (a `forkd.tls.ServerContextFactory`) pickles into the tap and gives each worker
+        its `ssl.SSLContext` through `getContext()`."""
+        if not callable(getattr(contextFactory, "getContext", None)):
+            raise TypeError(
+                f"{contextFactory!r} is not a context factory: give a "
+                "forkd.tls.ServerContextFactory(certfile, keyfile)"
+            )
+        if getattr(factory, "servedByMaster", False):
+            # the master's own loop accepts such ports in plain text: never pretend otherwise
+            raise ValueError(f"{factory!r} is served by the master, which does not serve TLS")
+        ssl_port = TCPPort(
+            _tcp_port(port),
+            factory,
+            backlog=backlog,
+            interface=interface,
+            contextFactory=contextFactory,
+        )
+        self.addPort(ssl_port)
+        return ssl_port
 
     def listenUNIX(
         self, filename: str, factory: Any, backlog: int = DEFAULT_BACKLOG, mode: int = 0o666
@@ -156,6 +178,18 @@ class Application:
             "lose that change: save under a tag (forkctl save TAG), or take the file as "
             "it is with forkctl reload --discard"
         )
+
+
+def _tcp_port(port: Any) -> int:
+    """`port` as a number, or ValueError: refused when it is added, not at `forkd start`,
+    since a tap must never hold a port it cannot bind."""
+    if (
+        isinstance(port, bool)
+        or not isinstance(port, (int, str))
+        or not (str(port).isdigit() and 0 <= int(port) <= 65535)
+    ):
+        raise ValueError(f"bad TCP port {port!r}: a port is a number from 0 to 65535")
+    return int(port)
 
 
 def _names(port: Any) -> set[str]:

@@ -11,6 +11,10 @@ The port interface (the seed's "Writing New Transport Types"):
 - `stopListening()`: close it;
 - `key`: a string naming the address ("tcp:8080", "unix:/run/app.sock"), used by
   `forkctl remove` and by reload to tell which ports are new or gone;
+- `contextFactory`: None, or (TLS) an object whose `getContext()` gives the worker its
+  `ssl.SSLContext` (`forkd.tls.ServerContextFactory`). TLS is how a port serves, not where
+  it listens: the key stays the address, so a reload that turns TLS on or changes the
+  certificate keeps the listening socket;
 - pickle-safe: `__getstate__` drops sockets and file descriptors.
 
 A worker serves a port with `await port.serve(loop)` when the port has it (TCPPort and
@@ -28,6 +32,7 @@ import socket
 import stat
 from typing import Any
 
+from forkd import tls
 from forkd.protocol import address_tuple, protocol_factory
 
 Socket = socket.socket  # the class attribute `socket` below shadows the module there
@@ -80,6 +85,7 @@ class _SocketPort:
     socket: Socket | None = None
     backlog = DEFAULT_BACKLOG
     factory: Any
+    contextFactory: Any = None  # TLS when set; taps made before TLS have none
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -106,6 +112,10 @@ class _SocketPort:
             self.socket.close()
             self.socket = None
 
+    def _over(self) -> str:
+        """What the repr says after the address: how the port serves when not in plain."""
+        return " over TLS" if self.contextFactory is not None else ""
+
     def _listen(self, sock: Socket, address: Any, shown: str) -> None:
         try:
             sock.bind(address)
@@ -128,11 +138,13 @@ class TCPPort(_SocketPort):
         factory: Any,
         backlog: int = DEFAULT_BACKLOG,
         interface: str = "",
+        contextFactory: Any = None,
     ) -> None:
         self.port = int(port)
         self.factory = factory
         self.backlog = backlog
         self.interface = interface
+        self.contextFactory = contextFactory
 
     @property
     def family(self) -> socket.AddressFamily:
@@ -160,12 +172,15 @@ class TCPPort(_SocketPort):
     async def serve(self, loop: asyncio.AbstractEventLoop) -> asyncio.AbstractServer:
         assert self.socket is not None, "startListening() first"
         return await loop.create_server(
-            protocol_factory(self.factory, self), sock=self.socket, backlog=self.backlog
+            protocol_factory(self.factory, self),
+            sock=self.socket,
+            backlog=self.backlog,
+            **tls.serving(self.contextFactory),
         )
 
     def __repr__(self) -> str:
         where = self.key[len("tcp:") :]
-        return f"<{factory_name(self.factory)} on {where}>"
+        return f"<{factory_name(self.factory)} on {where}{self._over()}>"
 
 
 class UNIXPort(_SocketPort):
@@ -175,12 +190,18 @@ class UNIXPort(_SocketPort):
     process serves is refused, as binding a TCP port in use would be."""
 
     def __init__(
-        self, path: str, factory: Any, backlog: int = DEFAULT_BACKLOG, mode: int = 0o666
+        self,
+        path: str,
+        factory: Any,
+        backlog: int = DEFAULT_BACKLOG,
+        mode: int = 0o666,
+        contextFactory: Any = None,
     ) -> None:
         self.path = os.path.abspath(path)
         self.factory = factory
         self.backlog = backlog
         self.mode = mode
+        self.contextFactory = contextFactory
 
     @property
     def key(self) -> str:
@@ -208,11 +229,14 @@ class UNIXPort(_SocketPort):
     async def serve(self, loop: asyncio.AbstractEventLoop) -> asyncio.AbstractServer:
         assert self.socket is not None, "startListening() first"
         return await loop.create_unix_server(
-            protocol_factory(self.factory, self), sock=self.socket, backlog=self.backlog
+            protocol_factory(self.factory, self),
+            sock=self.socket,
+            backlog=self.backlog,
+            **tls.serving(self.contextFactory),
         )
 
     def __repr__(self) -> str:
-        return f"<{factory_name(self.factory)} on {self.path}>"
+        return f"<{factory_name(self.factory)} on {self.path}{self._over()}>"
 
 
 class InheritedPort(_SocketPort):

@@ -20,6 +20,8 @@ from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any
 
+from forkd import tlsclose
+
 #: upper bounds (seconds) of the request-duration histogram: prometheus_client's defaults
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -182,6 +184,13 @@ class Transport:
         self._streaming = True
         self._write_paused = False
         self._peer: tuple[Any, ...] | None = None
+        if transport.get_extra_info("sslcontext") is not None:
+            self.loseConnection = self._loseTLS
+
+    def _loseTLS(self) -> None:
+        """loseConnection over TLS: flush, close_notify, and no wait for the peer's own
+        once everything is delivered (forkd.tlsclose)."""
+        tlsclose.close(self._transport, lambda: self.loseConnection is _ignore)
 
     def getPeer(self) -> tuple[Any, ...]:
         """The peer as ('INET', host, port), ('INET6', host, port) or ('UNIX', path)."""

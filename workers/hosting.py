@@ -122,15 +122,21 @@ class HostedSite(Site):
             await self.lifespan.shutdown()
 
 
-def parse_bind(text: str, factory: Any, backlog: int | None = None) -> Any:
-    """A gunicorn `--bind`: HOST:PORT, [IPV6]:PORT, :PORT, unix:PATH or fd://N."""
-    queue = {"backlog": backlog} if backlog else {}
+def parse_bind(
+    text: str, factory: Any, backlog: int | None = None, contextFactory: Any = None
+) -> Any:
+    """A gunicorn `--bind`: HOST:PORT, [IPV6]:PORT, :PORT, unix:PATH or fd://N; over TLS
+    when `contextFactory` is given (as gunicorn's --certfile applies to every bind)."""
+    queue: dict[str, Any] = {"backlog": backlog} if backlog else {}
+    queue["contextFactory"] = contextFactory
     if text.startswith("unix:"):
         return UNIXPort(text[len("unix:") :], factory, **queue)
     if text.startswith("fd://"):
         number = text[len("fd://") :]
         if not number.isdigit():
             raise ValueError(f"bad --bind {text!r}: fd:// takes a descriptor number")
+        if contextFactory is not None:
+            raise ValueError(f"{text}: TLS on an inherited socket is not supported")
         return InheritedPort(int(number), factory)
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
@@ -147,13 +153,15 @@ def serve_application(
     interface: str = "auto",
     settings: Mapping[str, Any] | None = None,
     backlog: int | None = None,
+    contextFactory: Any = None,
 ) -> Application:
     """The Application `forkd serve MODULE:APP --bind ...` runs: one HostedSite on every
-    bind, the application resolved first (as the taps do) to pick its interface."""
+    bind (over TLS with a `contextFactory`), the application resolved first (as the taps
+    do) to pick its interface."""
     loaded = load_application(app, pythonpath)
     kind = interface_of(loaded) if interface == "auto" else interface
     site = HostedSite(app, pythonpath, kind, threads, settings=settings)
     application = Application(name)
     for bind in binds:
-        application.addPort(parse_bind(bind, site, backlog))
+        application.addPort(parse_bind(bind, site, backlog, contextFactory))
     return application

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from forkd import usage
+from forkd import tls, usage
 from forkd.ports import TCPPort
 from forkd.web.resource import Resource
 from forkd.web.server import Site
@@ -31,6 +31,8 @@ not the current directory, which would publish whatever is there, a .git among i
 hosts get --path. Directories without an index file are listed unless --no-listing.
 --access-logfile FILE (or - for standard output) writes an access log, buffered, in
 gunicorn's combined format unless --access-logformat says otherwise (json: JSON lines).
+--certfile FILE (and --keyfile, unless the key is in it) serves HTTPS instead of HTTP;
+--ca-certs FILE asks clients for certificates issued by those CAs.
 Change it live from `forkctl shell`:
     application.ports[0].factory.resource.path = '/srv/other'
 """
@@ -44,16 +46,21 @@ def _directory(value: str, what: str) -> str:
 
 
 class Options(AccessLogAlias):
-    optParameters = [
-        ["port", "p", 8080, "TCP port to listen on.", usage.portCoerce],
+    optParameters = (
         [
-            "interface",
-            "i",
-            "127.0.0.1",
-            "Address to listen on: loopback unless told (0.0.0.0: every IPv4 address, '::': IPv6).",
-        ],
-        ["path", None, None, "Directory to serve [default: the bundled welcome page]."],
-    ] + tap_parameters(ACCESS_LOG_OPTIONS)
+            ["port", "p", 8080, "TCP port to listen on.", usage.portCoerce],
+            [
+                "interface",
+                "i",
+                "127.0.0.1",
+                "Address to listen on: loopback unless told "
+                "(0.0.0.0: every IPv4 address, '::': IPv6).",
+            ],
+            ["path", None, None, "Directory to serve [default: the bundled welcome page]."],
+        ]
+        + tap_parameters(ACCESS_LOG_OPTIONS)
+        + list(tls.optParameters)
+    )
     optFlags = [
         ["no-listing", None, "Answer 403 for directories without an index file."],
     ]
@@ -78,6 +85,7 @@ class Options(AccessLogAlias):
 
     def postOptions(self) -> None:
         self["path"] = _directory(self["path"] or WELCOME, "--path")
+        self["tls"] = tls.fromConfig(self)  # the certificate loads now, or mktap says why
 
 
 def makeResource(config: Any) -> Resource:
@@ -100,4 +108,7 @@ def getPorts(app: Any, config: Any) -> list[tuple[Any, Site]]:
         logPath=config["access-logfile"],
         logFormat=config["access-logformat"],
     )
-    return [(TCPPort(config["port"], site, interface=config["interface"]), site)]
+    port = TCPPort(
+        config["port"], site, interface=config["interface"], contextFactory=config["tls"]
+    )
+    return [(port, site)]

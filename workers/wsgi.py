@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from forkd import usage
+from forkd import tls, usage
 from forkd.ports import TCPPort
 from forkd.web.server import Site
 from workers.hosting import SITE_OPTIONS, HostedSite, load_application, site_settings
@@ -24,6 +24,7 @@ MODULE:FACTORY() for an application factory. --pythonpath (default: the director
 ran in) is where MODULE is imported from. The application runs in --threads threads per
 worker; the sockets stay with the event loop. --access-logfile FILE (or -) logs every
 request, in gunicorn's --access-logformat (default: the combined format; json: JSON lines).
+--certfile FILE (and --keyfile) serves HTTPS.
 """
 
 INTERFACE = "wsgi"
@@ -33,13 +34,17 @@ class Options(AccessLogAlias):
     optFlags = [
         ["no-preload", None, "Import the application in each worker, not once in the master."],
     ]
-    optParameters = [
-        ["app", "a", None, "The application, MODULE:ATTRIBUTE."],
-        ["port", "p", 8000, "TCP port to listen on.", usage.portCoerce],
-        ["interface", "i", "127.0.0.1", "Address to listen on (0.0.0.0: every IPv4 address)."],
-        ["threads", "t", 8, "Threads running the application, per worker (WSGI).", int],
-        ["pythonpath", None, None, "Where MODULE is imported from [default: here]."],
-    ] + tap_parameters(SITE_OPTIONS)
+    optParameters = (
+        [
+            ["app", "a", None, "The application, MODULE:ATTRIBUTE."],
+            ["port", "p", 8000, "TCP port to listen on.", usage.portCoerce],
+            ["interface", "i", "127.0.0.1", "Address to listen on (0.0.0.0: every IPv4 address)."],
+            ["threads", "t", 8, "Threads running the application, per worker (WSGI).", int],
+            ["pythonpath", None, None, "Where MODULE is imported from [default: here]."],
+        ]
+        + tap_parameters(SITE_OPTIONS)
+        + list(tls.optParameters)
+    )
 
     def postOptions(self) -> None:
         if not self["app"]:
@@ -47,6 +52,7 @@ class Options(AccessLogAlias):
         if self["threads"] < 1:
             raise usage.UsageError("--threads must be at least 1")
         self["pythonpath"] = os.path.abspath(self["pythonpath"] or os.getcwd())
+        self["tls"] = tls.fromConfig(self)  # the certificate loads now, or mktap says why
         try:  # found now, not at the first request: as gunicorn --check-config
             load_application(self["app"], self["pythonpath"])
         except Exception as error:
@@ -64,4 +70,7 @@ def getPorts(app: Any, config: Any, interface: str = INTERFACE) -> list[tuple[An
         settings=site_settings({option.dest: config[option.name] for option in SITE_OPTIONS}),
     )
     site.preloadApp = not config["no-preload"]
-    return [(TCPPort(config["port"], site, interface=config["interface"]), site)]
+    port = TCPPort(
+        config["port"], site, interface=config["interface"], contextFactory=config["tls"]
+    )
+    return [(port, site)]

@@ -8,6 +8,7 @@
                 [--reload [--reload-dir DIR]... [--reload-include GLOB]...
                  [--reload-exclude GLOB]... [--reload-delay S]]
                 [--access-logfile FILE|-] [--access-logformat FORMAT|json]
+                [--certfile FILE [--keyfile FILE] [--ca-certs FILE [--cert-reqs WHEN]]]
 
 `start` daemonizes unless -n and returns only once every port is bound and every worker is
 ready (exit 0); otherwise it prints the reason on one line and exits 1. Exit 2: bad usage.
@@ -25,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from forkd import tapfile
+from forkd import tapfile, tls
 from forkd.cli import add_command, parse_command, positive_seconds
 from forkd.cli.reload_options import ReloadOptionError, add_reload_options, reload_settings
 from forkd.control.client import ControlError, request
@@ -192,6 +193,8 @@ def add_serve(commands: Any) -> None:
         default="auto",
         help="the application's kind (default: asgi for a coroutine callable, else wsgi)",
     )
+    for name, metavar, doc in tls.OPTIONS:  # the taps' own TLS options, by one table
+        serve.add_argument(f"--{name}", metavar=metavar, help=doc.replace("%", "%%"))
     serve.add_argument("--tap", metavar="FILE", help="the tap to write (default MODULE.tap)")
     serve.add_argument("--chdir", metavar="DIR", help="change to DIR first")
     serve.add_argument("--pythonpath", metavar="DIR", help="import MODULE from DIR (default .)")
@@ -303,6 +306,12 @@ def serve(args: argparse.Namespace, argv: list[str]) -> int:
     workers = args.workers
     if workers is None and os.environ.get("WEB_CONCURRENCY", "").isdigit():
         workers = int(os.environ["WEB_CONCURRENCY"]) or None
+    try:  # loaded once now: a bad certificate is this line, not workers failing to boot
+        context_factory = tls.configured(
+            args.certfile, args.keyfile, args.ca_certs, args.cert_reqs, tls.HTTP_ALPN
+        )
+    except tls.TLSError as error:
+        raise Failure(str(error)) from None
     try:
         application = hosting.serve_application(
             args.app,
@@ -313,6 +322,7 @@ def serve(args: argparse.Namespace, argv: list[str]) -> int:
             args.interface,
             {**hosting.site_settings(vars(args)), "preloadApp": not args.no_preload},
             args.backlog,
+            context_factory,
         )
     except Exception as error:  # the application's own import error, or a bad --bind
         raise Failure(f"{args.app}: {type(error).__name__}: {error}") from None

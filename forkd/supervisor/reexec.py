@@ -1,8 +1,9 @@
 """Reload by re-executing the master in place: validation, then the exec.
 
 1. `spawn_validator`: a fresh interpreter (`python -m forkd.supervisor.reexec validate
-   TAP`) loads the tap with fresh imports and checks that every port's factory pickles; it
-   prints one JSON line. A tap that does not load never gets as far as the exec.
+   TAP`) loads the tap with fresh imports and checks that every port's factory pickles
+   and every TLS port's certificate loads; it prints one JSON line. A tap that does not
+   load never gets as far as the exec.
 2. `exec_image`: the master's snapshot (`Master.snapshot`: each kept descriptor and its
    role: port key, worker pid/number/generation, control socket, pidfile; the settings; the
    old application pickled, for a rollback) goes to a JSON state file, those descriptors
@@ -30,7 +31,7 @@ import sys
 import tempfile
 from typing import Any
 
-from forkd import tapfile
+from forkd import tapfile, tls
 from forkd.supervisor import logs, spawn
 
 ENV = "FORKD_REEXEC"
@@ -75,11 +76,13 @@ def validation_result(fd: int, status: int) -> str | None:
 
 
 def validate(path: str) -> str | None:
-    """In the validator process: load the tap, check that each factory pickles."""
+    """In the validator process: load the tap, check that each factory pickles and that
+    each TLS port's certificate and key load (as the user the workers run as)."""
     try:
         application = tapfile.load(path)
         for port in application.ports:
             pickle.dumps(port)
+            tls.check(port)
         spawn.preload(application)  # the new image will: an import error fails here first
     except tapfile.TapError as error:
         return str(error)

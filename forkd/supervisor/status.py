@@ -43,5 +43,11 @@ def workers(processes: list[WorkerProcess]) -> list[dict[str, Any]]:
 
 def ports(application_ports: list[Any]) -> list[dict[str, Any]]:
     return [
-        {"key": port_key(p), "repr": repr(p), "factory": repr(p.factory)} for p in application_ports
+        {
+            "key": port_key(p),
+            "repr": repr(p),
+            "factory": repr(p.factory),
+            "tls": getattr(p, "contextFactory", None) is not None,
+        }
+        for p in application_ports
     ]

@@ -134,7 +134,8 @@ def table(status: dict[str, Any]) -> str:
     lines.append("")
     port_rows = [["PORT", "FACTORY"]]
     for port in status.get("ports") or []:
-        port_rows.append([str(port.get("key", "-")), str(port.get("factory", "-"))])
+        key = str(port.get("key", "-")) + (" (TLS)" if port.get("tls") else "")
+        port_rows.append([key, str(port.get("factory", "-"))])
     lines += columns(port_rows)
     return "\n".join(lines)
 
