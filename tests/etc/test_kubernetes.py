@@ -1,0 +1,219 @@
+"""etc/kubernetes/: every manifest valid against the Kubernetes API's schemas (strict, no
+unknown fields), the parts agreeing with each other and with the image, and the ConfigMap's
+tap loading in a real `forkd check`. scripts/kube_tap_configmap.py, which writes the
+ConfigMap, is run here too."""
+
+from __future__ import annotations
+
+import base64
+import os
+import pathlib
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from forkd.cli import forkd as forkd_cli
+from forkd.supervisor.master import DEFAULT_GRACEFUL_TIMEOUT
+from forkd.testing import REPO_ROOT, run_forkd
+from tests.etc.dockerfile import only
+from tests.etc.installed import repo_file
+
+kubernetes_validate = pytest.importorskip(
+    "kubernetes_validate", reason="kubernetes-validate is not installed (the test extra)"
+)
+yaml = pytest.importorskip("yaml", reason="PyYAML comes with kubernetes-validate")
+jsonschema = pytest.importorskip("jsonschema", reason="jsonschema comes with kubernetes-validate")
+
+MANIFESTS = repo_file("etc/kubernetes")
+SCRIPT = repo_file("scripts/kube_tap_configmap.py")
+# the oldest Kubernetes still commonly run, and the newest the validator knows
+VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
+# options of issue 11 that are being added to `forkd start` (parts 1 and 3); once they
+# exist forkd's parser takes them and this set no longer matters
+PENDING_OPTIONS = {"--metrics", "--shutdown-delay"}
+
+
+def manifest(name: str) -> dict[str, Any]:
+    (document,) = yaml.safe_load_all((MANIFESTS / name).read_text())
+    assert isinstance(document, dict)
+    return document
+
+
+def manifest_files() -> list[str]:
+    return sorted(path.name for path in MANIFESTS.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("name", manifest_files())
+def test_each_manifest_is_valid_for_the_kubernetes_api(name: str, version: str) -> None:
+    for document in yaml.safe_load_all((MANIFESTS / name).read_text()):
+        try:
+            kubernetes_validate.validate(document, version, strict=True)
+        except (kubernetes_validate.ValidationError, jsonschema.ValidationError) as error:
+            at = "/".join(str(part) for part in error.path)
+            pytest.fail(f"{name} against Kubernetes {version}: {error.message} at {at}")
+
+
+def test_the_manifests_are_the_five_documented() -> None:
+    assert manifest_files() == [
+        "configmap.yaml",
+        "deployment.yaml",
+        "hpa.yaml",
+        "pdb.yaml",
+        "service.yaml",
+    ]
+
+
+def pod_spec() -> dict[str, Any]:
+    spec: dict[str, Any] = manifest("deployment.yaml")["spec"]["template"]["spec"]
+    return spec
+
+
+def container() -> dict[str, Any]:
+    (only_one,) = pod_spec()["containers"]
+    assert isinstance(only_one, dict)
+    return only_one
+
+
+def command_line() -> list[str]:
+    """What the container runs: the image's ENTRYPOINT, then the Deployment's args."""
+    entrypoint = only("ENTRYPOINT").exec_form()
+    assert "command" not in container(), "the image's ENTRYPOINT is what runs"
+    return entrypoint + [str(arg) for arg in container()["args"]]
+
+
+def option(args: list[str], name: str) -> str | None:
+    return args[args.index(name) + 1] if name in args else None
+
+
+def test_the_container_runs_a_command_line_forkd_takes() -> None:
+    command = command_line()
+    assert command[0] == "forkd"
+    parsed, unknown = forkd_cli.parser().parse_known_args(command[1:])
+    assert parsed.command == "start" and parsed.nodaemon
+    unknown_options = {arg for arg in unknown if arg.startswith("-")}
+    assert unknown_options <= PENDING_OPTIONS, f"forkd start does not take {unknown_options}"
+    assert option(command, "--metrics") == "0.0.0.0:9090"
+
+
+def test_termination_grace_outlasts_the_shutdown_delay_and_the_drain() -> None:
+    command = command_line()
+    delay = float(option(command, "--shutdown-delay") or 0)
+    drain = float(option(command, "--graceful-timeout") or DEFAULT_GRACEFUL_TIMEOUT)
+    assert delay > 0, "a pod that drains at once drops what is still routed to it"
+    assert pod_spec()["terminationGracePeriodSeconds"] > delay + drain
+
+
+def test_probes_are_on_the_metrics_port_and_rollouts_keep_capacity() -> None:
+    deployment = manifest("deployment.yaml")
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    ports = {port["name"]: port["containerPort"] for port in container()["ports"]}
+    assert ports["metrics"] == 9090
+    for probe, path in (
+        ("readinessProbe", "/readyz"),
+        ("livenessProbe", "/livez"),
+        ("startupProbe", "/livez"),
+    ):
+        assert container()[probe]["httpGet"] == {"path": path, "port": "metrics"}, probe
+    # readiness must be seen failing within the shutdown delay
+    readiness = container()["readinessProbe"]
+    delay = float(option(command_line(), "--shutdown-delay") or 0)
+    assert readiness["periodSeconds"] * readiness["failureThreshold"] < delay
+
+
+def test_the_pod_mounts_what_the_image_expects() -> None:
+    command = command_line()
+    mounts = {mount["mountPath"]: mount["name"] for mount in container()["volumeMounts"]}
+    volumes = {volume["name"]: volume for volume in pod_spec()["volumes"]}
+    tap_dir = os.path.dirname(command[command.index("start") + 1])
+    tap_volume = volumes[mounts[tap_dir]]
+    assert tap_volume["configMap"]["name"] == manifest("configmap.yaml")["metadata"]["name"]
+    assert tap_volume["configMap"]["defaultMode"] & 0o022 == 0, "forkd refuses writable taps"
+    assert "subPath" not in str(container()["volumeMounts"]), "subPath mounts never update"
+    for path in (option(command, "--pidfile"), option(command, "--control")):
+        assert path and "emptyDir" in volumes[mounts[os.path.dirname(path)]], path
+    assert container()["securityContext"]["readOnlyRootFilesystem"]
+    assert "emptyDir" in volumes[mounts["/tmp"]]  # a reload writes its state file there
+    user = only("USER").arguments.split(":")
+    assert str(pod_spec()["securityContext"]["runAsUser"]) == user[0]
+
+
+def test_the_service_and_autoscaler_point_at_the_deployment() -> None:
+    deployment = manifest("deployment.yaml")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    service = manifest("service.yaml")
+    assert service["spec"]["selector"].items() <= labels.items()
+    named = {port["name"] for port in container()["ports"]}
+    assert {port["targetPort"] for port in service["spec"]["ports"]} <= named
+    hpa = manifest("hpa.yaml")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["pods"]["metric"]["name"] == "forkd_workers_busy"
+    assert "replicas" not in deployment["spec"], "the autoscaler owns the replica count"
+    pdb = manifest("pdb.yaml")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+# -- the ConfigMap's tap ---------------------------------------------------------------------
+def tap_of(configmap: dict[str, Any], directory: pathlib.Path) -> pathlib.Path:
+    path = directory / "app.tap"
+    path.write_bytes(base64.b64decode(configmap["binaryData"]["app.tap"], validate=True))
+    path.chmod(0o444)  # as the Deployment mounts it
+    return path
+
+
+@pytest.mark.e2e
+def test_the_configmap_holds_a_tap_forkd_serves_on_the_container_port(
+    tmp_path: pathlib.Path,
+) -> None:
+    tap = tap_of(manifest("configmap.yaml"), tmp_path)
+    done = run_forkd("check", str(tap))
+    assert done.returncode == 0, done.stderr
+    http = next(port["containerPort"] for port in container()["ports"] if port["name"] == "http")
+    assert f"on 0.0.0.0:{http}>" in done.stdout
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.e2e
+def test_the_script_regenerates_the_same_application(tmp_path: pathlib.Path) -> None:
+    output = tmp_path / "configmap.yaml"
+    done = run_script("-o", str(output))
+    assert done.returncode == 0, done.stderr
+    regenerated = yaml.safe_load(output.read_text())
+    kubernetes_validate.validate(regenerated, VERSIONS[-1], strict=True)
+    assert "Generated by scripts/kube_tap_configmap.py" in output.read_text()
+    (tmp_path / "new").mkdir()
+    (tmp_path / "old").mkdir()
+    new = run_forkd("check", str(tap_of(regenerated, tmp_path / "new")))
+    old = run_forkd("check", str(tap_of(manifest("configmap.yaml"), tmp_path / "old")))
+    assert new.returncode == old.returncode == 0, new.stderr + old.stderr
+    # the same application and ports (the bytes differ once forkd's version does)
+    assert new.stdout.split(": ok: ")[1] == old.stdout.split(": ok: ")[1]
+
+
+@pytest.mark.e2e
+def test_the_script_wraps_a_given_tap_and_refuses_bad_input(tmp_path: pathlib.Path) -> None:
+    tap = tmp_path / "given.tap"
+    tap.write_bytes(b"FORKDTAP 1 forkd=0.1.0\n...")
+    done = run_script("--tap", str(tap), "--name", "web-tap", "-o", "-")
+    assert done.returncode == 0, done.stderr
+    wrapped = yaml.safe_load(done.stdout)
+    assert wrapped["metadata"]["name"] == "web-tap"
+    assert base64.b64decode(wrapped["binaryData"]["app.tap"]) == tap.read_bytes()
+
+    bad = run_script("-o", str(tmp_path / "x.yaml"), "--", "hello", "--port", "http")
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1, bad.stderr
+    assert "mktap hello --port http" in bad.stderr and not (tmp_path / "x.yaml").exists()
+    missing = run_script("--tap", str(tmp_path / "nope.tap"))
+    assert missing.returncode == 1 and "cannot read" in missing.stderr
