@@ -6,8 +6,10 @@ ConfigMap, is run here too."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 from typing import Any
@@ -16,7 +18,16 @@ import pytest
 
 from forkd.cli import forkd as forkd_cli
 from forkd.supervisor.master import DEFAULT_GRACEFUL_TIMEOUT
-from forkd.testing import REPO_ROOT, run_forkd
+from forkd.testing import (
+    REPO_ROOT,
+    RunningForkd,
+    forkctl,
+    free_port,
+    make_tap,
+    mktap,
+    refused,
+    run_forkd,
+)
 from tests.etc.dockerfile import only
 from tests.etc.installed import repo_file
 
@@ -217,3 +228,64 @@ def test_the_script_wraps_a_given_tap_and_refuses_bad_input(tmp_path: pathlib.Pa
     assert "mktap hello --port http" in bad.stderr and not (tmp_path / "x.yaml").exists()
     missing = run_script("--tap", str(tmp_path / "nope.tap"))
     assert missing.returncode == 1 and "cannot read" in missing.stderr
+
+
+# -- a ConfigMap change, rolled out as a reload ------------------------------------------------
+class ConfigMapVolume:
+    """A directory laid out as the kubelet lays out a ConfigMap volume: each version of
+    the data in a `..<timestamp>` directory, `..data` a symlink to the current one, and
+    `app.tap` a symlink through `..data`. An update writes the new version beside it,
+    swaps `..data` atomically (rename of a new symlink), then removes the old version."""
+
+    def __init__(self, root: pathlib.Path) -> None:
+        self.root = root
+        root.mkdir()
+        self.versions = 0
+        self.current: pathlib.Path | None = None
+        (root / "app.tap").symlink_to("..data/app.tap")
+
+    def publish(self, tap: bytes) -> None:
+        self.versions += 1
+        version = self.root / f"..2025_01_01_00_00_0{self.versions}.000000000"
+        version.mkdir()
+        (version / "app.tap").write_bytes(tap)
+        (version / "app.tap").chmod(0o444)
+        swap = self.root / "..data_tmp"
+        swap.symlink_to(version.name)
+        os.rename(swap, self.root / "..data")
+        if self.current is not None:
+            (self.current / "app.tap").unlink()
+            self.current.rmdir()
+        self.current = version
+
+
+@pytest.mark.e2e
+def test_a_configmap_update_is_served_by_a_reload_in_place(tmp_path: pathlib.Path) -> None:
+    """docs/FLEET.md's rollout, in one pod: the tap changes under the running master (as
+    the kubelet changes it), `forkctl reload` serves it, the master's pid stays, and the
+    old version's directory being gone breaks nothing."""
+    first, second = free_port(), free_port()
+    made = tmp_path / "made.tap"
+    make_tap(made, "echo", "--port", str(first))
+    volume = ConfigMapVolume(tmp_path / "forkd-tap")
+    volume.publish(made.read_bytes())
+    run = tmp_path / "run"
+    run.mkdir()
+    ctl = str(run / "app.ctl")
+    options = ("--pidfile", str(run / "app.pid"), "--control", ctl, "--no-save")
+    with RunningForkd(str(volume.root / "app.tap"), *options, workers=1) as forkd:
+        assert echoes(first) and refused(second)
+        done = mktap("--append", str(made), "echo", "--port", str(second))
+        assert done.returncode == 0, done.stderr
+        volume.publish(made.read_bytes())  # `kubectl apply -f configmap.yaml`, then a sync
+        reload = forkctl(ctl, "reload", forkd=forkd)
+        assert reload.returncode == 0, reload.stderr + forkd.log()[-3000:]
+        assert echoes(first) and echoes(second)
+        status = json.loads(forkctl(ctl, "status", "--json").stdout)
+        assert status["pid"] == forkd.pid and status["generation"] >= 2
+
+
+def echoes(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+        client.sendall(b"ping\n")
+        return client.recv(16) == b"ping\n"
