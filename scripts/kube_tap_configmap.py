@@ -45,7 +45,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def make_tap(mktap_args: list[str]) -> bytes:
-    """`mktap ARGS` in a subprocess that imports this checkout; the tap's bytes."""
+    """`mktap ARGS` in a subprocess that imports this checkout; the tap's bytes. It runs in
+    the caller's directory, as mktap would (a tap module or an application found from
+    there); only the file it writes is a temporary one."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
     with tempfile.TemporaryDirectory() as directory:
@@ -53,7 +55,6 @@ def make_tap(mktap_args: list[str]) -> bytes:
         done = subprocess.run(
             [sys.executable, "-m", "forkd.cli.mktap", "-o", path, *mktap_args],
             env=env,
-            cwd=directory,
             capture_output=True,
             text=True,
         )

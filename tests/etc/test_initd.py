@@ -197,6 +197,7 @@ def test_stop_after_a_killed_master_clears_its_pidfile(init: InitScript) -> None
     assert_done(init.run("status"), 3)
 
 
+@pytest.mark.e2e
 def test_an_unknown_action_is_bad_usage(init: InitScript) -> None:
     done = init.run("frobnicate")
     assert_done(done, 2)
