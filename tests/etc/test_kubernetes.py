@@ -9,9 +9,12 @@ import base64
 import json
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from typing import Any
 
 import pytest
@@ -22,11 +25,14 @@ from forkd.testing import (
     REPO_ROOT,
     RunningForkd,
     forkctl,
+    forkd_command,
+    forkd_env,
     free_port,
     make_tap,
     mktap,
     refused,
     run_forkd,
+    wait_for,
 )
 from tests.etc.dockerfile import only
 from tests.etc.installed import repo_file
@@ -41,9 +47,6 @@ MANIFESTS = repo_file("etc/kubernetes")
 SCRIPT = repo_file("scripts/kube_tap_configmap.py")
 # the oldest Kubernetes still commonly run, and the newest the validator knows
 VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
-# options of issue 11 that are being added to `forkd start` (parts 1 and 3); once they
-# exist forkd's parser takes them and this set no longer matters
-PENDING_OPTIONS = {"--metrics", "--shutdown-delay"}
 
 
 def manifest(name: str) -> dict[str, Any]:
@@ -102,11 +105,9 @@ def option(args: list[str], name: str) -> str | None:
 def test_the_container_runs_a_command_line_forkd_takes() -> None:
     command = command_line()
     assert command[0] == "forkd"
-    parsed, unknown = forkd_cli.parser().parse_known_args(command[1:])
+    parsed = forkd_cli.parser().parse_args(command[1:])  # exits 2 on an unknown option
     assert parsed.command == "start" and parsed.nodaemon
-    unknown_options = {arg for arg in unknown if arg.startswith("-")}
-    assert unknown_options <= PENDING_OPTIONS, f"forkd start does not take {unknown_options}"
-    assert option(command, "--metrics") == "0.0.0.0:9090"
+    assert parsed.metrics == "0.0.0.0:9090" and parsed.shutdown_delay > 0
 
 
 def test_termination_grace_outlasts_the_shutdown_delay_and_the_drain() -> None:
@@ -289,3 +290,58 @@ def echoes(port: int) -> bool:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
         client.sendall(b"ping\n")
         return client.recv(16) == b"ping\n"
+
+
+# -- the Deployment's command line, run -------------------------------------------------------
+def http_status(port: int, path: str) -> int | None:
+    """The status of GET `path` on 127.0.0.1:`port`, None if nothing answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+    except OSError:
+        return None
+
+
+@pytest.mark.e2e
+def test_the_probes_answer_on_a_forkd_started_as_the_deployment_starts_it(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The container's command line as it stands (ENTRYPOINT + args), with the paths and
+    ports moved into tmp_path and onto loopback: every probe path the Deployment declares
+    answers 200 on the metrics port, /readyz turns 503 at SIGTERM, and the master is gone
+    within terminationGracePeriodSeconds."""
+    command = command_line()[1:]
+    app_port, metrics_port = free_port(), free_port()
+    tap = make_tap(tmp_path / "app.tap", "hello", "--port", str(app_port))
+    moved = {
+        command[command.index("start") + 1]: tap,
+        str(option(command, "--pidfile")): str(tmp_path / "app.pid"),
+        str(option(command, "--control")): str(tmp_path / "app.ctl"),
+        str(option(command, "--metrics")): f"127.0.0.1:{metrics_port}",
+    }
+    command = [moved.get(arg, arg) for arg in command]
+    log = tmp_path / "forkd.log"
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            forkd_command(*command), env=forkd_env(), stdout=output, stderr=subprocess.STDOUT
+        )
+    try:
+        wait_for(
+            lambda: process.poll() is not None or http_status(metrics_port, "/readyz") == 200,
+            30,
+            message=lambda: f"/readyz 200: {log.read_text()}",
+        )
+        assert process.poll() is None, log.read_text()
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert http_status(metrics_port, container()[probe]["httpGet"]["path"]) == 200
+        assert http_status(app_port, "/") == 200
+
+        process.send_signal(signal.SIGTERM)
+        wait_for(lambda: http_status(metrics_port, "/readyz") == 503, 10, message="/readyz 503")
+        assert process.wait(pod_spec()["terminationGracePeriodSeconds"]) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
