@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.metadata
 import os
 import sys
 from collections.abc import Callable
@@ -30,6 +31,36 @@ def quiet_on_closed_pipe(main: Callable[..., int]) -> Callable[..., int]:
             return EXIT_CLOSED_PIPE
 
     return run
+
+
+def version_line() -> str:
+    """`forkd X.Y.Z`, what `--version` prints for all three commands: the installed
+    distribution's version (what pip and a bug report see), else the source tree's own
+    `forkd.__version__` when run from a checkout that is not installed."""
+    try:
+        return f"forkd {importlib.metadata.version('forkd')}"
+    except importlib.metadata.PackageNotFoundError:
+        from forkd import __version__
+
+        return f"forkd {__version__}"
+
+
+class PrintVersion(argparse.Action):
+    """`--version`: print `version_line()` and exit 0. Looked up only when asked, so the
+    commands that probes run every few seconds (`forkctl status`) do not pay for it."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        kwargs.setdefault("help", "print the version (forkd X.Y.Z) and exit")
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        print(version_line())
+        parser.exit(0)
+
+
+def add_version(parser: argparse.ArgumentParser) -> None:
+    """Give `parser` the `--version` option."""
+    parser.add_argument("--version", action=PrintVersion)
 
 
 def positive_seconds(text: str) -> float:

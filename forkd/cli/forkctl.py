@@ -18,6 +18,7 @@ import sys
 
 from forkd.cli import (
     add_command,
+    add_version,
     parse_command,
     positive_seconds,
     quiet_on_closed_pipe,
@@ -40,6 +41,7 @@ def parser() -> argparse.ArgumentParser:
         description="Control a running forkd master over its control socket.",
         epilog="Without -c: $FORKD_CONTROL, else the only *.ctl file in this directory.",
     )
+    add_version(p)
     p.add_argument("-c", "--control", metavar="CTL", help="the master's control socket")
     p.add_argument(
         "--timeout",

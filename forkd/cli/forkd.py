@@ -9,6 +9,7 @@
                  [--reload-exclude GLOB]... [--reload-delay S]]
                 [--access-logfile FILE|-] [--access-logformat FORMAT|json]
                 [--certfile FILE [--keyfile FILE] [--ca-certs FILE [--cert-reqs WHEN]]]
+    forkd --version
 
 `start` daemonizes unless -n and returns only once every port is bound and every worker is
 ready (exit 0); otherwise it prints the reason on one line and exits 1. Exit 2: bad usage.
@@ -27,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from forkd import tapfile, tls
-from forkd.cli import add_command, parse_command, positive_seconds
+from forkd.cli import add_command, add_version, parse_command, positive_seconds
 from forkd.cli.reload_options import ReloadOptionError, add_reload_options, reload_settings
 from forkd.control.client import ControlError, request
 from forkd.control.commands.status import table as status_table
@@ -54,6 +55,7 @@ def worker_count(text: str) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="forkd", description="Run a .tap file as a pre-fork server.")
+    add_version(p)
     commands = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_start(commands)
     add_serve(commands)

@@ -19,7 +19,7 @@ from typing import NoReturn
 
 from forkd import taps
 from forkd.app import Application
-from forkd.cli import quiet_on_closed_pipe
+from forkd.cli import add_version, quiet_on_closed_pipe
 from forkd.supervisor import privileges
 from forkd.tapfile import MAGIC, TapError
 from forkd.tapfile import load as load_tap
@@ -39,6 +39,7 @@ def parser() -> argparse.ArgumentParser:
         description="Write a .tap file (a pickled forkd Application) from a tap module.",
         epilog="Run 'mktap NAME --help' for the options of tap module NAME.",
     )
+    add_version(p)
     p.add_argument("--list", action="store_true", help="list the known tap modules and exit")
     p.add_argument("-a", "--append", metavar="FILE", help="add the ports to an existing tap file")
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of NAME.tap")

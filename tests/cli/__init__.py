@@ -1,0 +1,1 @@
+"""Tests of forkd.cli: what the three commands share (--version)."""
