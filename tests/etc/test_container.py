@@ -64,13 +64,6 @@ def test_the_image_runs_forkd_start_in_the_foreground_as_a_user_of_its_own() -> 
     assert not any(i.keyword == "ADD" for i in instructions()), "COPY, not ADD"
 
 
-def test_the_healthcheck_is_marked_for_the_metrics_port() -> None:
-    """The lead replaces it with an HTTP probe of /livez once --metrics exists."""
-    text = DOCKERFILE.read_text()
-    assert "TODO(metrics)" in text and "/livez" in text
-
-
-# -- PID 1 ----------------------------------------------------------------------------------
 def can_unshare() -> bool:
     if shutil.which("unshare") is None:
         return False
