@@ -143,6 +143,10 @@ def address_tuple(address: Any, family: int | None = None) -> tuple[Any, ...]:
         if family == socket.AF_INET6 or (family is None and len(address) == 4):
             return ("INET6", address[0], address[1])
         return ("INET", address[0], address[1])
+    if family in (socket.AF_INET, socket.AF_INET6):
+        # an IP socket whose peer was gone before it could be asked: no address, and not
+        # the UNIX peer it would otherwise pass for (those are trusted proxies)
+        return ("INET6" if family == socket.AF_INET6 else "INET", "", 0)
     if isinstance(address, bytes):
         address = address.decode("utf-8", "surrogateescape")
     return ("UNIX", address or "")

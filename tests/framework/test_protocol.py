@@ -17,7 +17,14 @@ import pytest
 
 from forkd import protocol as proto_mod
 from forkd.ports import TCPPort, UNIXPort
-from forkd.protocol import ConnectionDone, Factory, Protocol, Transport, protocol_factory
+from forkd.protocol import (
+    ConnectionDone,
+    Factory,
+    Protocol,
+    Transport,
+    address_tuple,
+    protocol_factory,
+)
 from forkd.testing import StringTransport, connect, disconnect, wait_for_async
 from tests.loops import LOOPS, run
 
@@ -739,3 +746,14 @@ def test_echo_to_a_peer_that_does_not_read_stays_bounded(kind: str) -> None:
 
     assert run(kind, scenario) == total
     assert peak[0] < 8 << 20, peak[0]
+
+
+def test_address_tuples_in_the_seeds_forms() -> None:
+    assert address_tuple(("10.0.0.1", 80), socket.AF_INET) == ("INET", "10.0.0.1", 80)
+    assert address_tuple(("::1", 80, 0, 0), socket.AF_INET6) == ("INET6", "::1", 80)
+    assert address_tuple(b"/run/app.sock", socket.AF_UNIX) == ("UNIX", "/run/app.sock")
+    assert address_tuple("", socket.AF_UNIX) == ("UNIX", "")
+    # an IP socket whose peer left before it was asked must not pass for a UNIX peer,
+    # which forkd.web trusts with proxy headers
+    assert address_tuple(None, socket.AF_INET) == ("INET", "", 0)
+    assert address_tuple(None, socket.AF_INET6) == ("INET6", "", 0)
