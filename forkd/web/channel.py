@@ -15,6 +15,9 @@ Wire handling, the way nginx does it:
   the body is read, or while a chunked body arrives); headers not complete within
   `Site.headerTimeout` or a body stalled for `Site.bodyTimeout` 408. Every error response
   says `Connection: close` and the connection is closed after it.
+- Proxy headers (forkd.web.proxy): only a request that carries X-Forwarded-For,
+  X-Forwarded-Proto or Forwarded, from a peer in `Site.trustedProxies`, gets them read;
+  the trust is decided once per connection.
 - Idle connections: closed silently after `Site.keepAliveTimeout` between requests (the
   first request gets `headerTimeout`). Timeouts are checked by one timer per Site (see
   forkd.web.timeouts), so a request costs an attribute store, not a timer.
@@ -49,6 +52,7 @@ from forkd.protocol import Protocol, stats
 from forkd.web.dates import date_header
 from forkd.web.headers import reason_phrase, status_line
 from forkd.web.outqueue import unsent
+from forkd.web.proxy import forwarded_by
 from forkd.web.request import Request
 from forkd.web.response import SERVER
 
@@ -71,6 +75,9 @@ def _valid_target(method: bytes, url: bytes) -> bool:
         return True
     scheme, sep, rest = url.partition(b"://")
     return bool(sep) and scheme.lower() in (b"http", b"https") and rest[:1] not in (b"", b"/")
+
+
+_FORWARDED_FOR = (b"x-forwarded-for", b"forwarded")
 
 
 class _Reject(Exception):
@@ -126,6 +133,7 @@ class HTTPChannel(Protocol):
         self._upgraded: Any = None  # the protocol that took the connection over (WebSocket)
         server = self.server
         self._portCounts = stats.countsFor(server) if server is not None else [0, 0]
+        self._trusted: bool | None = None  # whether the peer may send proxy headers
         self._timeouts = site._timeoutsFor()
         self._since = self._timeouts.now
         self._timeouts.add(self)
@@ -195,6 +203,7 @@ class HTTPChannel(Protocol):
         length = -1
         expect = False
         coded = False
+        proxied = False
         hosts = 0
         for name, value in self._headers:
             size = len(name)
@@ -206,12 +215,18 @@ class HTTPChannel(Protocol):
                 expect = value.lower() == b"100-continue"
             elif size == 7 and name.lower() == b"upgrade":
                 keep = False
-            elif size == 17 and name.lower() == b"transfer-encoding":
-                coded = True
-                if version == "1.0":
-                    # RFC 9112 6.1: a 1.0 message with a transfer coding has faulty framing
-                    # (an intermediary may have read it by Content-Length): never reuse.
-                    keep = False
+            elif size == 17:
+                lowered = name.lower()
+                if lowered == b"transfer-encoding":
+                    coded = True
+                    if version == "1.0":
+                        # RFC 9112 6.1: a 1.0 message with a transfer coding has faulty
+                        # framing (an intermediary may have read it by Content-Length)
+                        keep = False
+                elif lowered == b"x-forwarded-proto":
+                    proxied = True
+            elif (size == 15 or size == 9) and name.lower() in _FORWARDED_FOR:
+                proxied = True
         # RFC 9112 3.2: a 1.1 request without exactly one Host is a 400 (nginx too); more
         # than one lets a proxy and this server disagree about which host is meant.
         if hosts > 1 or (not hosts and version == "1.1"):
@@ -229,6 +244,10 @@ class HTTPChannel(Protocol):
             self._headers,
             keep,
         )
+        if proxied and self._trustsPeer():
+            forwarded = forwarded_by(site.trustedProxies, self._headers)
+            if forwarded is not None:
+                self._request.setForwarded(forwarded)
         self._state = BODY
         self._since = self._bodySince = self._timeouts.now
         if length > site.maxBodySize:
@@ -308,6 +327,14 @@ class HTTPChannel(Protocol):
             self._queue.append(request)
             if len(self._queue) >= self._site.maxPipelined:
                 self._pauseReading(_PAUSED_QUEUE)
+
+    def _trustsPeer(self) -> bool:
+        """Whether this connection's peer is a trusted proxy (asked once per connection)."""
+        trusted = self._trusted
+        if trusted is None:
+            peer = self.transport.getPeer()
+            trusted = self._trusted = self._site.trustedProxies.trustsPeer(peer)
+        return trusted
 
     # -- answering ------------------------------------------------------------------------
     def _hasMore(self) -> bool:

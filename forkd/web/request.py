@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, unquote_to_bytes, urlsplit
 
 from forkd.web.headers import Headers, to_bytes
 from forkd.web.notify import Notifier
+from forkd.web.proxy import Forwarded
 from forkd.web.resource import NOT_DONE_YET, UnsupportedMethod
 from forkd.web.response import SERVER, ResponseWriter
 
@@ -62,6 +63,7 @@ class Request(ResponseWriter):
         "_resource",
         "bodyComplete",
         "_born",
+        "forwarded",
     )
 
     def __init__(
@@ -116,6 +118,7 @@ class Request(ResponseWriter):
         self._streaming = False
         self._resource: Any = None  # found at the headers, when the body was to be streamed
         self.bodyComplete = False
+        self.forwarded: Forwarded | None = None  # what a trusted proxy said (setForwarded)
         self._out: Headers | None = None
         self._chunked = False
         self._keep = keepAlive
@@ -187,8 +190,24 @@ class Request(ResponseWriter):
     def args(self, value: dict[bytes, list[bytes]]) -> None:
         self._args = value
 
+    def setForwarded(self, forwarded: Forwarded) -> None:
+        """Believe what a trusted proxy said (the channel calls this; forkd.web.proxy):
+        the client's address and scheme, and the Host the client sent it, which replaces
+        the proxy's own Host as an absolute-form target's does, so that virtual hosts,
+        getRequestHostname, prePathURL and the application all see one host."""
+        self.forwarded = forwarded
+        if forwarded.host is not None:
+            self._raw = [(n, v) for n, v in self._raw if n.lower() != b"host"]
+            self._raw.append((b"Host", forwarded.host))
+            self._requestHeaders = None
+
     def getClientAddress(self) -> tuple[Any, ...]:
-        """The peer as the seed's tuple: ('INET', host, port), ('INET6', ...), ('UNIX', path)."""
+        """The client as the seed's tuple: ('INET', host, port), ('INET6', ...), ('UNIX',
+        path); the peer, unless a trusted proxy said who it was for (port 0 when it did not
+        say)."""
+        forwarded = self.forwarded
+        if forwarded is not None and forwarded.client is not None:
+            return forwarded.client
         peer: tuple[Any, ...] = self.channel.transport.getPeer()
         return peer
 
@@ -210,6 +229,11 @@ class Request(ResponseWriter):
         return str(self.getHost()[1]).encode("ascii")
 
     def isSecure(self) -> bool:
+        """Whether the client used https (or wss): TLS on this connection, unless a trusted
+        proxy said how it was reached."""
+        forwarded = self.forwarded
+        if forwarded is not None and forwarded.secure is not None:
+            return forwarded.secure
         transport = self.channel.transport
         getter = getattr(transport, "get_extra_info", None)
         return bool(getter and getter("sslcontext"))

@@ -19,6 +19,7 @@ from typing import Any
 from forkd.protocol import Factory
 from forkd.web.channel import HTTPChannel
 from forkd.web.logformat import DEFAULT_FORMAT
+from forkd.web.proxy import TrustedProxies
 from forkd.web.request import Request
 from forkd.web.resource import NOT_DONE_YET, Resource, getChildForRequest
 from forkd.web.timeouts import Timeouts
@@ -73,6 +74,9 @@ class Site(Factory):
     #: server closes them (1012 on a reload or restart, 1001 when the server stops)
     websocketDrain = 5.0
     websocketPerMessageDeflate = True
+    #: the peers whose X-Forwarded-For / X-Forwarded-Proto / Forwarded are believed
+    #: (forkd.web.proxy; gunicorn's and uvicorn's --forwarded-allow-ips)
+    trustedProxies = TrustedProxies.parse("127.0.0.1")
     #: methods answered 405 (with Allow) rather than 501 when a resource lacks them
     supportedMethods = (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS")
 
