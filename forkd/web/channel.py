@@ -11,10 +11,15 @@ Wire handling, the way nginx does it:
   is acceptable. An `Upgrade` or CONNECT request is answered and the connection closed,
   unless the resource takes the connection over (`switchProtocol`: a WebSocket).
 - Limits: malformed request 400; unknown method 501; URL plus header block over
-  `Site.maxHeaderSize` 431; body over `Site.maxBodySize` 413 (from Content-Length before
-  the body is read, or while a chunked body arrives); headers not complete within
-  `Site.headerTimeout` or a body stalled for `Site.bodyTimeout` 408. Every error response
-  says `Connection: close` and the connection is closed after it.
+  `Site.maxHeaderSize` 431; gunicorn's request limits: a request line longer than
+  `Site.limitRequestLine` 414, more header fields than `Site.limitRequestFields` or one
+  (`Name: value`) longer than `Site.limitRequestFieldSize` 431 (each checked as the
+  parser hands over the URL or a field, never per byte); body over `Site.maxBodySize` 413
+  (from Content-Length before the body is read, or while a chunked body arrives); headers
+  not complete within `Site.headerTimeout` or a body stalled for `Site.bodyTimeout` 408;
+  more than `Site.limitConcurrency` requests in progress in the worker 503 (with
+  `Retry-After`), before the resource is touched. Every error response says
+  `Connection: close` and the connection is closed after it.
 - Proxy headers (forkd.web.proxy): only a request that carries X-Forwarded-For,
   X-Forwarded-Proto or Forwarded, from a peer in `Site.trustedProxies`, gets them read;
   the trust is decided once per connection.
@@ -63,6 +68,11 @@ _PAUSED_WRITE, _PAUSED_QUEUE, _PAUSED_CLOSING, _PAUSED_BODY = 1, 2, 4, 8
 _VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0", "0.9": b"HTTP/1.0"}
 _METHOD_LIKE = re.compile(rb"(?:^|\n)[!#$%&'*+.^_`|~0-9A-Za-z-]+(?: |$)")
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+#: seconds a client turned away by Site.limitConcurrency is told to wait (Retry-After)
+RETRY_AFTER = 1
+_UNLIMITED = 1 << 62
+_AROUND_TARGET = len(b"  HTTP/1.1")  # a request line is METHOD SP target SP HTTP/x.y
+_LONGEST_METHOD = 32  # llhttp's longest is UNSUBSCRIBE, 11 bytes
 
 
 def _valid_target(method: bytes, url: bytes) -> bool:
@@ -89,7 +99,8 @@ class _Reject(Exception):
 
 
 def error_response(code: int) -> bytes:
-    """A complete `Connection: close` response with a one-line text body."""
+    """A complete `Connection: close` response with a one-line text body (and, for a 503,
+    when to try again)."""
     body = b"%d %s\n" % (code, reason_phrase(code))
     return b"".join(
         (
@@ -97,6 +108,7 @@ def error_response(code: int) -> bytes:
             date_header(),
             SERVER,
             b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n" % len(body),
+            b"Retry-After: %d\r\n" % RETRY_AFTER if code == 503 else b"",
             b"Connection: close\r\n\r\n",
             body,
         )
@@ -134,6 +146,10 @@ class HTTPChannel(Protocol):
         server = self.server
         self._portCounts = stats.countsFor(server) if server is not None else [0, 0]
         self._trusted: bool | None = None  # whether the peer may send proxy headers
+        self._counted = False  # the active request counts against Site.limitConcurrency
+        # gunicorn's limits, as the bounds the parser callbacks compare with (0: none)
+        self._lineLimit = site.limitRequestLine or _UNLIMITED
+        self._fieldRoom = (site.limitRequestFieldSize or _UNLIMITED) - len(b": ")
         self._timeouts = site._timeoutsFor()
         self._since = self._timeouts.now
         self._timeouts.add(self)
@@ -185,8 +201,14 @@ class HTTPChannel(Protocol):
         self._hchunks = 0
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
+        self._url = target = self._url + url
         self._hexact += len(url)
+        limit = self._lineLimit
+        # the method is parsed by now; asked for only when the longest could not fit
+        if len(target) + _AROUND_TARGET + _LONGEST_METHOD > limit and (
+            len(target) + _AROUND_TARGET + len(self._parser.get_method()) > limit
+        ):
+            raise _Reject(414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
@@ -195,6 +217,13 @@ class HTTPChannel(Protocol):
     def on_headers_complete(self) -> None:
         site = self._site
         if self._hexact > site.maxHeaderSize:
+            raise _Reject(431)
+        fields = site.limitRequestFields
+        if fields and len(self._headers) > fields:
+            raise _Reject(431)
+        room = self._fieldRoom
+        # a field longer than the limit makes the block longer too: only then look
+        if self._hexact > room and any(len(n) + len(v) > room for n, v in self._headers):
             raise _Reject(431)
         parser = self._parser
         method = parser.get_method()
@@ -270,6 +299,8 @@ class HTTPChannel(Protocol):
             return
         request._resource = resource  # the walk consumed postpath: process() must reuse it
         if getattr(resource, "streamsBody", False):
+            if not self._admit():
+                raise _Reject(503)
             request._streaming = True
             stats.requests += 1
             self._portCounts[1] += 1
@@ -321,6 +352,8 @@ class HTTPChannel(Protocol):
         if request._content is not None:
             request._content.seek(0)
         if self._active is None and not self._queue:
+            if not self._admit():
+                raise _Reject(503)
             self._active = request
             request.process()
         else:
@@ -337,6 +370,25 @@ class HTTPChannel(Protocol):
         return trusted
 
     # -- answering ------------------------------------------------------------------------
+    def _admit(self) -> bool:
+        """Whether a request may be answered now under Site.limitConcurrency (requests in
+        progress in this worker); if so it is counted until it is done."""
+        site = self._site
+        limit = site.limitConcurrency
+        if not limit:
+            return True
+        if site._inflight >= limit:
+            return False
+        site._inflight += 1
+        self._counted = True
+        return True
+
+    def _release(self) -> None:
+        """The active request is done (or will never be): it no longer counts."""
+        if self._counted:
+            self._counted = False
+            self._site._inflight -= 1
+
     def _hasMore(self) -> bool:
         """Whether the client has sent (part of) another request we must still answer."""
         return bool(self._queue) or self._state != IDLE
@@ -346,6 +398,7 @@ class HTTPChannel(Protocol):
         if request is not self._active:
             return
         self._active = None
+        self._release()
         self._served += 1
         if request._streaming and not request.bodyComplete:
             # Answered before its body was in (an app that refuses an upload unread): the
@@ -368,6 +421,10 @@ class HTTPChannel(Protocol):
             if isinstance(item, int):
                 self._writeError(item)
                 return
+            if not self._admit():
+                queue.clear()  # the client retries what it sent behind (Connection: close)
+                self._writeError(503)
+                return
             self._active = item
             item.process()
         if self._paused & _PAUSED_QUEUE and len(queue) < self._site.maxPipelined // 2 + 1:
@@ -385,6 +442,7 @@ class HTTPChannel(Protocol):
             active._bodyFailed()
             active.finished = True
             self._active = None
+            self._release()
             if active.startedWriting:  # half a response is out: nothing else can follow
                 self.transport.abortConnection()
                 return
@@ -550,6 +608,7 @@ class HTTPChannel(Protocol):
         self._queue.clear()
         if self._upgraded is not None:
             self._upgraded.connectionLost(reason)
+        self._release()
         active = self._active
         if active is not None:
             active._connectionLost(reason or ConnectionError("connection lost"))

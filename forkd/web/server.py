@@ -26,7 +26,7 @@ from forkd.web.timeouts import Timeouts
 
 __all__ = ["NOT_DONE_YET", "Request", "Site", "HTTPChannel"]
 
-_RUNTIME = ("_timeouts", "_accessLog", "clock")
+_RUNTIME = ("_timeouts", "_accessLog", "clock", "_inflight")
 
 
 class Site(Factory):
@@ -74,6 +74,16 @@ class Site(Factory):
     #: server closes them (1012 on a reload or restart, 1001 when the server stops)
     websocketDrain = 5.0
     websocketPerMessageDeflate = True
+    #: a request line (method, target, version) longer than this is answered 414, a
+    #: header field (`Name: value`) longer than `limitRequestFieldSize` or more fields than
+    #: `limitRequestFields` 431: gunicorn's limit_request_* and its defaults (0: no limit
+    #: but maxHeaderSize, within which fewer than gunicorn's most, 32768, fields fit)
+    limitRequestLine = 4094
+    limitRequestFields = 100
+    limitRequestFieldSize = 8190
+    #: requests in progress in one worker beyond which a new one is answered 503 with
+    #: Retry-After before any resource sees it (uvicorn's --limit-concurrency; 0: off)
+    limitConcurrency = 0
     #: the peers whose X-Forwarded-For / X-Forwarded-Proto / Forwarded are believed
     #: (forkd.web.proxy; gunicorn's and uvicorn's --forwarded-allow-ips)
     trustedProxies = TrustedProxies.parse("127.0.0.1")
@@ -88,6 +98,7 @@ class Site(Factory):
 
     _timeouts: Timeouts | None = None
     _accessLog: Any = None
+    _inflight = 0  # requests counted against limitConcurrency, in this worker
     clock: Any = None  # a forkd.testing.Clock in tests; the running loop otherwise
 
     def __init__(

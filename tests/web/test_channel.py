@@ -175,7 +175,7 @@ def test_head_sends_headers_of_get_without_body() -> None:
         (b"GET / HTTP/9.9\r\n\r\n", 400),
         (b"FOO / HTTP/1.1\r\nHost: x\r\n\r\n", 501),
         (b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 70000 + b"\r\n\r\n", 431),
-        (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 431),
+        (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
         (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n", 413),
     ],
 )
