@@ -69,6 +69,8 @@ class HostedSite(Site):
     #: connections at import, which would not survive the fork
     preloadApp = True
     _preloaded: Any = None
+    #: where a proxy mounts the application (WSGI SCRIPT_NAME, ASGI root_path; --root-path)
+    rootPath = ""
 
     def __init__(
         self,
@@ -104,11 +106,11 @@ class HostedSite(Site):
         if application is None:
             application = load_application(self.app, self.pythonpath)
         if self.interface == "asgi":
-            resource = ASGIResource(application)
+            resource = ASGIResource(application, root_path=self.rootPath)
             self.lifespan = Lifespan(application, resource.state)
             self.resource = resource
         else:
-            self.resource = WSGIResource(application, self.threads)
+            self.resource = WSGIResource(application, self.threads, root_path=self.rootPath)
         super().startFactory()
 
     async def whenStarted(self) -> None:

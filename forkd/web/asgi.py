@@ -120,9 +120,17 @@ class ASGIResource(Resource):
 
 
 def scope_for(request: Any, root_path: str = "") -> Scope:
-    """The ASGI HTTP scope of a forkd.web request."""
+    """The ASGI HTTP scope of a forkd.web request.
+
+    With a `root_path` (where a proxy mounts the application), `path` includes it, as
+    ASGI 3 and uvicorn have it: a path that does not begin with it is taken as one the
+    proxy stripped, and gets it back in front (see forkd.web.wsgi.script_and_path)."""
     host, peer = request.getHost(), request.getClientAddress()
     raw_path = request.path
+    if root_path:
+        root = root_path.encode("latin-1")
+        if raw_path != root and raw_path[: len(root) + 1] != root + b"/":
+            raw_path = root + raw_path
     return {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},

@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from forkd.web.resource import NOT_DONE_YET, Resource
 
@@ -161,10 +162,13 @@ class WSGIResource(Resource):
     isLeaf = True
     streamsBody = True  # the application reads the body as it arrives (wsgi.input)
 
-    def __init__(self, application: WSGIApplication, threads: int = 8) -> None:
+    def __init__(self, application: WSGIApplication, threads: int = 8, root_path: str = "") -> None:
         super().__init__()
         self.application = application
         self.threads = threads
+        #: where a proxy mounts the application (gunicorn's SCRIPT_NAME, uvicorn's
+        #: --root-path): see script_and_path
+        self.root_path = root_path
         self._pool: ThreadPoolExecutor | None = None
 
     def __getstate__(self) -> dict[str, Any]:  # a tap pickles the application, not threads
@@ -178,22 +182,41 @@ class WSGIResource(Resource):
         loop = asyncio.get_running_loop()
         body = BodyInput(request, loop)
         request.onBody(body.feed, body.end, body.fail)
-        response = _Response(self.application, request, loop, body)
+        response = _Response(self.application, request, loop, body, self.root_path)
         self._pool.submit(response.run)
         return NOT_DONE_YET
 
 
-def environ_for(request: Any, body: Any = None) -> dict[str, Any]:
+def script_and_path(request: Any, root_path: str = "") -> tuple[str, str]:
+    """SCRIPT_NAME and PATH_INFO: the resource's mount point (without a trailing slash)
+    and the rest of the path, decoded (PEP 3333; latin-1 native strings).
+
+    `root_path` is where a proxy mounts the whole site. A proxy may pass that prefix on
+    (as gunicorn's SCRIPT_NAME expects) or take it off (as uvicorn's --root-path
+    expects): a path that begins with it is split there, any other is taken as already
+    stripped and gets it as its SCRIPT_NAME. Both kinds of deployment work unchanged."""
+    script = (b"/" + b"/".join(request.prepath)).rstrip(b"/") if request.prepath else b""
+    rest = request.path[len(script) :]
+    if root_path:
+        root = root_path.encode("latin-1")
+        if not script and (rest == root or rest[: len(root) + 1] == root + b"/"):
+            script, rest = root, rest[len(root) :]
+        else:
+            script = root + script
+    if b"%" in rest:
+        rest = unquote_to_bytes(rest)
+    return script.decode("latin-1"), rest.decode("latin-1")
+
+
+def environ_for(request: Any, body: Any = None, root_path: str = "") -> dict[str, Any]:
     """The PEP 3333 environ of a forkd.web request (native strings, latin-1 as the PEP says)."""
     host = request.getHost()
     peer = request.getClientAddress()
-    # the resource's mount point, without a trailing slash; the rest of the path is its own
-    script = (b"/" + b"/".join(request.prepath)).rstrip(b"/") if request.prepath else b""
-    path = request.path
+    script, path_info = script_and_path(request, root_path)
     environ: dict[str, Any] = {
         "REQUEST_METHOD": request.method.decode("latin-1"),
-        "SCRIPT_NAME": script.decode("latin-1"),
-        "PATH_INFO": path[len(script) :].decode("latin-1"),
+        "SCRIPT_NAME": script,
+        "PATH_INFO": path_info,
         "QUERY_STRING": request.query.decode("latin-1"),
         "SERVER_NAME": request.getRequestHostname().decode("latin-1"),
         "SERVER_PORT": str(host[2]) if len(host) > 2 else "",
@@ -226,12 +249,17 @@ class _Response:
     """One request's run of the application in a thread, and its way back to the loop."""
 
     def __init__(
-        self, application: WSGIApplication, request: Any, loop: Any, body: BodyInput
+        self,
+        application: WSGIApplication,
+        request: Any,
+        loop: Any,
+        body: BodyInput,
+        root_path: str = "",
     ) -> None:
         self.application = application
         self.request = request
         self.loop = loop
-        self.environ = environ_for(request, body)
+        self.environ = environ_for(request, body, root_path)
         self.status: str | None = None
         self.headers: list[tuple[str, str]] = []
         self.started = False  # status and headers handed to the loop
