@@ -18,7 +18,13 @@ from forkd.web.resource import Resource
 from forkd.web.server import Site
 from forkd.web.static import File
 from forkd.web.vhost import NamedVirtualHost
-from workers.site_options import ACCESS_LOG_OPTIONS, AccessLogAlias, tap_parameters
+from workers.site_options import (
+    ACCESS_LOG_OPTIONS,
+    REQUEST_OPTIONS,
+    AccessLogAlias,
+    tap_parameters,
+    tap_settings,
+)
 
 WELCOME = os.path.join(os.path.dirname(os.path.abspath(__file__)), "welcome")
 
@@ -33,6 +39,9 @@ hosts get --path. Directories without an index file are listed unless --no-listi
 gunicorn's combined format unless --access-logformat says otherwise (json: JSON lines).
 --certfile FILE (and --keyfile, unless the key is in it) serves HTTPS instead of HTTP;
 --ca-certs FILE asks clients for certificates issued by those CAs.
+Behind a proxy, --forwarded-allow-ips names the ones whose X-Forwarded-For /
+X-Forwarded-Proto / Forwarded headers are believed (default $FORWARDED_ALLOW_IPS, else
+127.0.0.1); gunicorn's --limit-request-* and uvicorn's --limit-concurrency bound requests.
 Change it live from `forkctl shell`:
     application.ports[0].factory.resource.path = '/srv/other'
 """
@@ -58,7 +67,7 @@ class Options(AccessLogAlias):
             ],
             ["path", None, None, "Directory to serve [default: the bundled welcome page]."],
         ]
-        + tap_parameters(ACCESS_LOG_OPTIONS)
+        + tap_parameters(ACCESS_LOG_OPTIONS + REQUEST_OPTIONS)
         + list(tls.optParameters)
     )
     optFlags = [
@@ -108,6 +117,8 @@ def getPorts(app: Any, config: Any) -> list[tuple[Any, Site]]:
         logPath=config["access-logfile"],
         logFormat=config["access-logformat"],
     )
+    for attribute, value in tap_settings(config, REQUEST_OPTIONS).items():
+        setattr(site, attribute, value)  # on the instance, so it pickles into the tap
     port = TCPPort(
         config["port"], site, interface=config["interface"], contextFactory=config["tls"]
     )

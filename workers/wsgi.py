@@ -14,8 +14,8 @@ from typing import Any
 from forkd import tls, usage
 from forkd.ports import TCPPort
 from forkd.web.server import Site
-from workers.hosting import SITE_OPTIONS, HostedSite, load_application, site_settings
-from workers.site_options import AccessLogAlias, tap_parameters
+from workers.hosting import SITE_OPTIONS, HostedSite, load_application
+from workers.site_options import AccessLogAlias, tap_parameters, tap_settings
 
 usage_message = """Serve a WSGI application (PEP 3333: Flask, Django, Falcon, ...) over HTTP/1.1.
 
@@ -25,6 +25,12 @@ ran in) is where MODULE is imported from. The application runs in --threads thre
 worker; the sockets stay with the event loop. --access-logfile FILE (or -) logs every
 request, in gunicorn's --access-logformat (default: the combined format; json: JSON lines).
 --certfile FILE (and --keyfile) serves HTTPS.
+
+Behind a proxy: --forwarded-allow-ips (default $FORWARDED_ALLOW_IPS, else 127.0.0.1)
+names the proxies whose X-Forwarded-For / X-Forwarded-Proto / Forwarded are believed;
+--root-path (default $SCRIPT_NAME) is the path the proxy mounts the application at.
+gunicorn's --limit-request-line/-fields/-field_size and uvicorn's --limit-concurrency
+bound each request and the requests in progress per worker.
 """
 
 INTERFACE = "wsgi"
@@ -67,7 +73,7 @@ def getPorts(app: Any, config: Any, interface: str = INTERFACE) -> list[tuple[An
         config["pythonpath"],
         interface,
         config["threads"],
-        settings=site_settings({option.dest: config[option.name] for option in SITE_OPTIONS}),
+        settings=tap_settings(config),
     )
     site.preloadApp = not config["no-preload"]
     port = TCPPort(

@@ -36,8 +36,10 @@ from forkd.supervisor import startup
 from forkd.supervisor.master import DEFAULT_GRACEFUL_TIMEOUT, DEFAULT_TIMEOUT
 from forkd.supervisor.reloader import ReloadSettings
 from forkd.tapfile import beside
+from forkd.usage import UsageError
 
 EXIT_FAILURE = 1
+EXIT_USAGE = 2
 STOP_WAIT = 120.0
 
 
@@ -314,6 +316,7 @@ def serve(args: argparse.Namespace, argv: list[str]) -> int:
         )
     except tls.TLSError as error:
         raise Failure(str(error)) from None
+    settings = hosting.site_settings(vars(args))  # UsageError for a bad environment value
     try:
         application = hosting.serve_application(
             args.app,
@@ -322,7 +325,7 @@ def serve(args: argparse.Namespace, argv: list[str]) -> int:
             pythonpath,
             module,
             args.interface,
-            {**hosting.site_settings(vars(args)), "preloadApp": not args.no_preload},
+            {**settings, "preloadApp": not args.no_preload},
             args.backlog,
             context_factory,
         )
@@ -469,6 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     except Failure as error:
         print(f"forkd: {error}", file=sys.stderr)
         return EXIT_FAILURE
+    except UsageError as error:  # a bad value argparse could not see: from the environment
+        print(f"forkd {args.command}: {error}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
 

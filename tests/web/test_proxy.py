@@ -391,6 +391,89 @@ def test_parse_forwarded() -> None:
     assert parse_forwarded("for=a b") is None
 
 
+# -- end to end: forkd serve behind a (simulated) proxy --------------------------------------
+
+WSGI_APP = """
+import json
+
+
+def app(environ, start_response):
+    body = json.dumps({key: environ[key] for key in (
+        "REMOTE_ADDR", "REMOTE_PORT", "wsgi.url_scheme", "SCRIPT_NAME", "PATH_INFO")})
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [body.encode()]
+"""
+
+ASGI_APP = """
+import json
+
+
+async def app(scope, receive, send):
+    assert scope["type"] == "http"  # no lifespan: forkd serves it without, as uvicorn does
+    body = json.dumps({key: scope[key] for key in ("client", "scheme", "root_path", "path")})
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body.encode()})
+"""
+
+PROXIED = b"X-Forwarded-For: 1.1.1.1, 203.0.113.7\r\nX-Forwarded-Proto: https\r\n"
+
+
+def _proxied(port: int, path: bytes) -> dict[str, Any]:
+    from tests.webserving import get
+
+    response = get(port, path, headers=PROXIED)
+    assert response.status == 200, response
+    answer: dict[str, Any] = json.loads(response.body)
+    return answer
+
+
+@pytest.mark.e2e
+def test_forkd_serve_wsgi_behind_a_proxy_sees_the_client_and_scheme(tmp_path: Any) -> None:
+    from forkd.testing import free_port, wait_for
+    from tests.webserving import forkd_serve, json_from
+
+    (tmp_path / "proxiedwsgi.py").write_text(WSGI_APP)
+    port = free_port()
+    bind = f"127.0.0.1:{port}"
+    with forkd_serve(tmp_path, "proxiedwsgi:app", "-b", bind, "-w", "1", "--root-path", "/api"):
+        wait_for(lambda: json_from(port, "/api/x"), 30, message="forkd serve to answer")
+        assert _proxied(port, b"/api/items") == {
+            "REMOTE_ADDR": "203.0.113.7",
+            "REMOTE_PORT": "0",
+            "wsgi.url_scheme": "https",
+            "SCRIPT_NAME": "/api",
+            "PATH_INFO": "/items",
+        }
+        plain = json_from(port, "/items")  # the proxy stripped the prefix this time
+        assert plain["REMOTE_ADDR"] == "127.0.0.1" and plain["wsgi.url_scheme"] == "http"
+        assert (plain["SCRIPT_NAME"], plain["PATH_INFO"]) == ("/api", "/items")
+
+
+@pytest.mark.e2e
+def test_forkd_serve_asgi_behind_a_proxy_sees_the_client_and_scheme(tmp_path: Any) -> None:
+    """The environment's FORWARDED_ALLOW_IPS and SCRIPT_NAME, as gunicorn reads them."""
+    from forkd.testing import forkd_env, free_port, wait_for
+    from tests.webserving import forkd_serve, json_from
+
+    (tmp_path / "proxiedasgi.py").write_text(ASGI_APP)
+    port = free_port()
+    env = forkd_env()
+    env["FORWARDED_ALLOW_IPS"] = "10.9.9.9, 127.0.0.1"
+    env["SCRIPT_NAME"] = "/api"
+    with forkd_serve(tmp_path, "proxiedasgi:app", "-b", f"127.0.0.1:{port}", "-w", "1", env=env):
+        wait_for(lambda: json_from(port, "/api/x"), 30, message="forkd serve to answer")
+        assert _proxied(port, b"/items") == {
+            "client": ["203.0.113.7", 0],
+            "scheme": "https",
+            "root_path": "/api",
+            "path": "/api/items",
+        }
+        plain = json_from(port, "/api/items")
+        assert plain["client"][0] == "127.0.0.1" and plain["scheme"] == "http"
+        assert plain["path"] == "/api/items"
+
+
 def test_a_websocket_behind_a_tls_proxy_is_wss_from_the_forwarded_client() -> None:
     from websockets.sync.client import connect as websocket
 
