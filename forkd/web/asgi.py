@@ -64,6 +64,8 @@ class Lifespan:
         except Exception as error:
             self.supported = False
             await self._outbox.put({"type": "lifespan.unsupported", "message": repr(error)})
+        else:  # it returned: whatever it has not answered yet, it never will
+            await self._outbox.put({"type": "lifespan.unsupported", "message": "it returned"})
 
     async def _exchange(self, ask: str) -> Message:
         await self._inbox.put({"type": ask})

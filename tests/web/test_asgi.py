@@ -261,3 +261,22 @@ def test_a_fastapi_file_response_goes_by_pathsend_and_sendfile(
     assert response.headers[b"content-length"] == b"%d" % len(data)
     assert sent and sent[0] == len(data), "sent with sendfile"
     assert head.status == 200 and head.body == b""
+
+
+def test_an_app_that_returns_on_the_lifespan_scope_is_served_without_lifespan() -> None:
+    """uvicorn's --lifespan auto: an app that neither answers nor raises must not hang
+    the worker's boot."""
+    import asyncio
+
+    from forkd.web.asgi import Lifespan
+
+    async def http_only(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            return
+
+    async def boot() -> None:
+        lifespan = Lifespan(http_only, {})
+        await asyncio.wait_for(lifespan.startup(), 5)
+        await asyncio.wait_for(lifespan.shutdown(), 5)
+
+    asyncio.run(boot())
