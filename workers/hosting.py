@@ -68,6 +68,9 @@ class HostedSite(Site):
     #: workers share its memory; off (`--no-preload`) for one that starts threads or opens
     #: connections at import, which would not survive the fork
     preloadApp = True
+    #: no limit on request bodies by default, as gunicorn and uvicorn: the body streams to
+    #: the application (wsgi.input, receive()), so its size costs no memory here
+    maxBodySize = 0
     _preloaded: Any = None
     #: where a proxy mounts the application (WSGI SCRIPT_NAME, ASGI root_path; --root-path)
     rootPath = ""

@@ -182,6 +182,13 @@ SITE_OPTIONS = (
     + REQUEST_OPTIONS
     + (
         SiteOption(
+            "limit-request-body",
+            "maxBodySize",
+            int,
+            "Largest request body, bytes (0: no limit; 413 beyond it).",
+            shown_default="0",  # HostedSite's, as gunicorn and uvicorn: bodies stream
+        ),
+        SiteOption(
             "root-path",
             "rootPath",
             root_path,

@@ -279,7 +279,7 @@ class HTTPChannel(Protocol):
                 self._request.setForwarded(forwarded)
         self._state = BODY
         self._since = self._bodySince = self._timeouts.now
-        if length > site.maxBodySize:
+        if site.maxBodySize and length > site.maxBodySize:
             raise _Reject(413)
         # RFC 9110 10.1.1: an HTTP/1.0 client does not know 100 (it would take it for the
         # response), so its expectation is ignored.
@@ -329,7 +329,7 @@ class HTTPChannel(Protocol):
         if request is None:
             return
         size = request._bodySize + len(body)
-        if size > self._site.maxBodySize:
+        if size > self._site.maxBodySize > 0:
             raise _Reject(413)
         request._bodySize = size
         request._bodyReceived(body)

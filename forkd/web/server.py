@@ -38,7 +38,7 @@ class Site(Factory):
     #: URL plus header block, bytes (nginx: large_client_header_buffers 4 x 8k; Twisted 16k)
     maxHeaderSize = 64 * 1024
     #: request body, bytes (nginx client_max_body_size 1m)
-    maxBodySize = 1024 * 1024
+    maxBodySize = 1024 * 1024  # 0: no limit
     #: seconds to receive a whole header block (nginx client_header_timeout 60s; we are
     #: stricter, as slowloris defences advise)
     headerTimeout = 10.0

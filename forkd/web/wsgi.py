@@ -89,25 +89,38 @@ class BodyInput:
 
     # -- the application's side -----------------------------------------------------------
     def _take(self, size: int, upto: bytes | None = None) -> bytes:
+        """Up to `size` bytes (all, if negative), or through the first `upto`. A read that
+        wants more than the paused buffer holds takes what is there and lets the client
+        send on, or `read()` of a body larger than `limit` would wait for ever."""
+        taken = bytearray()
         with self._ready:
+            buffered = self._chunks
             while True:
                 if self._failed:
                     raise OSError("the client went away before the request body was whole")
-                end = len(self._chunks) if size < 0 else size
+                want = -1 if size < 0 else size - len(taken)
+                end = len(buffered) if want < 0 else min(want, len(buffered))
                 if upto is not None:
-                    found = self._chunks.find(upto, 0, end if size >= 0 else None)
+                    found = buffered.find(upto, 0, end)
                     if found >= 0:
                         end = found + len(upto)
                         break
-                if self._ended or (size >= 0 and len(self._chunks) >= size):
+                if self._ended or (want >= 0 and len(buffered) >= want):
                     break
+                if self._paused:  # the application asked for this much: it holds it now
+                    taken += buffered
+                    del buffered[:]
+                    self._resume()
                 self._ready.wait()
-            data = bytes(self._chunks[:end])
-            del self._chunks[:end]
-            if self._paused and len(self._chunks) <= self.limit // 2:
-                self._paused = False
-                self.loop.call_soon_threadsafe(self.request.resumeBody)
-            return data
+            taken += buffered[:end]
+            del buffered[:end]
+            if self._paused and len(buffered) <= self.limit // 2:
+                self._resume()
+        return bytes(taken)
+
+    def _resume(self) -> None:
+        self._paused = False
+        self.loop.call_soon_threadsafe(self.request.resumeBody)
 
     def read(self, size: int | None = -1) -> bytes:
         return self._take(-1 if size is None else size)

@@ -96,3 +96,32 @@ def test_an_fd_bind_that_is_not_a_listening_socket_fails_the_start(app_dir: Any)
     done = run_forkd("serve", "hostedapp:app", "--bind", "fd://0", cwd=app_dir, timeout=60)
     assert done.returncode != 0
     assert "fd://0" in done.stderr and "Traceback" not in done.stderr
+
+
+BODY_APP = """
+def app(environ, start_response):
+    size = len(environ["wsgi.input"].read())
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"%d" % size]
+"""
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(("limit", "status"), [((), 200), (("--limit-request-body", "1000"), 413)])
+def test_forkd_serve_takes_bodies_of_any_size_unless_limited(
+    tmp_path: Any, limit: tuple[str, ...], status: int
+) -> None:
+    """As gunicorn and uvicorn: no body limit unless asked (the body streams to the app)."""
+    import urllib3
+
+    from forkd.testing import RunningForkd, free_port
+
+    (tmp_path / "bodyapp.py").write_text(BODY_APP)
+    port = free_port()
+    with RunningForkd.serving(tmp_path, "bodyapp:app", "--bind", f"127.0.0.1:{port}", *limit):
+        response = urllib3.request(
+            "POST", f"http://127.0.0.1:{port}/", body=b"x" * (3 << 20), retries=False
+        )
+    assert response.status == status
+    if status == 200:
+        assert response.data == b"%d" % (3 << 20)

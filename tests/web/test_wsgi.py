@@ -344,3 +344,28 @@ def test_flask_send_file_goes_by_sendfile(tmp_path: Any, monkeypatch: Any) -> No
     assert response.headers[b"content-length"] == b"%d" % len(data)
     assert sent[0] == len(data), "sent with sendfile, not read in 8 KiB pieces"
     assert head.status == 200 and head.body == b""
+
+
+@pytest.mark.parametrize("how", ["read", "readline", "read-sized"])
+def test_reading_more_than_the_input_buffer_at_once_does_not_stall(how: str) -> None:
+    """wsgi.input pauses the client beyond its buffer; a read() of the whole body (or a
+    readline of one long line) must still get all of it, not wait for ever."""
+    size = 1 << 20  # four times BodyInput's buffer
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        body = environ["wsgi.input"]
+        if how == "read":
+            data = body.read()
+        elif how == "readline":
+            data = body.readline()
+        else:
+            data = body.read(size)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"%d" % len(data)]
+
+    with serving(server.Site(WSGIResource(app))) as site:
+        response = request(
+            site.port,
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size + b"y" * size,
+        )
+    assert response.status == 200 and response.body == b"%d" % size
