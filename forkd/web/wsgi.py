@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+from forkd.protocol import stats
 from forkd.web.resource import NOT_DONE_YET, Resource
 
 __all__ = ["WSGIResource"]
@@ -187,17 +188,33 @@ class WSGIResource(Resource):
     def __getstate__(self) -> dict[str, Any]:  # a tap pickles the application, not threads
         state = self.__dict__.copy()
         state["_pool"] = None
+        for runtime in ("_counting", "_submitted", "_finished"):
+            state.pop(runtime, None)
         return state
 
     def render(self, request: Any) -> Any:
         if self._pool is None:  # made in the worker, after fork: threads do not survive it
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="wsgi")
+            self._submitted = 0
+            self._finished = 0
+            self._counting = threading.Lock()
+            stats.probes.append(self.gauges)
         loop = asyncio.get_running_loop()
         body = BodyInput(request, loop)
         request.onBody(body.feed, body.end, body.fail)
         response = _Response(self.application, request, loop, body, self.root_path)
-        self._pool.submit(response.run)
+        self._submitted += 1
+        self._pool.submit(response.run).add_done_callback(self._done)
         return NOT_DONE_YET
+
+    def _done(self, future: Any) -> None:  # in the thread that ran it
+        with self._counting:
+            self._finished += 1
+
+    def gauges(self) -> dict[str, float]:
+        """Busy and all threads, for the worker's heartbeat (forkd_wsgi_threads)."""
+        running = self._submitted - self._finished
+        return {"wsgi_threads": self.threads, "wsgi_threads_busy": min(running, self.threads)}
 
 
 def script_and_path(request: Any, root_path: str = "") -> tuple[str, str]:

@@ -197,3 +197,39 @@ def test_recycling_replaces_workers_one_at_a_time_under_load(
         assert ready.fewest is not None and ready.fewest >= 2, "capacity dipped"
         assert not forkd.worker_pids() & first, "the first workers are gone"
         print(f"\nrecycling {limit[0]}: {load.ok} requests, {len(load.errors)} failed")
+
+
+HOLDING_APP = """
+import threading
+
+released = threading.Event()
+
+
+def app(environ, start_response):
+    if environ["PATH_INFO"] == "/release":
+        released.set()
+    else:
+        released.wait(30)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"done"]
+"""
+
+
+def test_busy_wsgi_threads_are_counted(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "holding.py").write_text(HOLDING_APP)
+    port, metrics = free_port(), free_port()
+    serve = ("--bind", f"127.0.0.1:{port}", "--threads", "3", "--metrics", f"127.0.0.1:{metrics}")
+    with RunningForkd.serving(tmp_path, "holding:app", *serve):
+        held = threading.Thread(target=fetch, args=(port, "/hold"), daemon=True)
+        held.start()
+        wait_for(
+            lambda: scrape(metrics)["forkd_wsgi_threads{state=busy}"] == 1,
+            message="one busy thread",
+        )
+        assert scrape(metrics)["forkd_wsgi_threads{state=idle}"] == 2
+        assert fetch(port, "/release") == (200, b"done")
+        held.join(10)
+        wait_for(
+            lambda: scrape(metrics)["forkd_wsgi_threads{state=busy}"] == 0,
+            message="the threads idle again",
+        )
