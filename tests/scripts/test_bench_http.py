@@ -297,14 +297,15 @@ def test_ratios_and_table() -> None:
 def test_targets_met_and_missed() -> None:
     results = [
         _m("forkd", 1300),
-        _m("uvicorn", 1000),
+        _m("uvicorn", 1000, cpu=1.5),
         _m("gunicorn", 300),
         _m("forkd", 600, scenario="static"),
         _m("nginx", 1000, scenario="static"),
     ]
     lines = report.target_lines(results)
     assert len(lines) == 3
-    assert "uvicorn" in lines[0] and lines[0].count("met") == 1
+    assert "uvicorn" in lines[0] and "): met;" in lines[0]
+    assert "at equal CPU: met" in lines[0]  # more CPU for fewer requests
     assert "gunicorn" in lines[1] and "MISSED" in lines[1]
     assert "nginx" in lines[2] and "MISSED" in lines[2]
 
