@@ -92,6 +92,11 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="then py-spy forkd's workers under wrk load for SECONDS (each profiled scenario)",
     )
+    p.add_argument(
+        "--profile-native",
+        action="store_true",
+        help="profile with C frames too (py-spy --native: shows the cycle collector's share)",
+    )
     p.add_argument("--venv", type=Path, default=peers.BENCH_VENV, help="the peers' virtualenv")
     p.add_argument(
         "--docs",
@@ -206,7 +211,7 @@ def run_profile(
     with processes.Server(launch.argv, ctx.workdir, {**os.environ, **launch.env}) as server:
         server.wait_until_serving(port, launch.path, STARTUP_TIMEOUT)
         wrk.run(url, 1.0, args.connections)
-        spy = profile.record(py_spy, server.pid, args.profile, output)
+        spy = profile.record(py_spy, server.pid, args.profile, output, args.profile_native)
         try:
             wrk.run(url, args.profile + 1, args.connections)
             _, err = spy.communicate(timeout=args.profile + 30)
@@ -216,6 +221,8 @@ def run_profile(
         return [f"profile failed: {err.decode(errors='replace').strip()[:300]}"]
     summary = profile.summarise(output.read_text(errors="replace"))
     head = f"forkd {peer.scenario} -w{workers} under wrk -c{args.connections}, {args.profile}s"
+    if args.profile_native:
+        head += ", with C frames (--native)"
     return [head + (f" ({launch.note})" if launch.note else ""), *summary.lines()]
 
 

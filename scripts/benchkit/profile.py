@@ -93,18 +93,27 @@ def summarise(collapsed: str, top: int = 15) -> Profile:
     return Profile(total, shares(self_counts), shares(inclusive_counts))
 
 
-def record_command(py_spy: Path, pid: int, duration: int, output: Path) -> list[str]:
-    return [
+def record_command(
+    py_spy: Path, pid: int, duration: int, output: Path, native: bool = False
+) -> list[str]:
+    """py-spy's command line. `native` adds the C frames (what a Python-only profile smears
+    over the lines that call into C: the cycle collector's `gc_collect_main`, uvloop's
+    write); py-spy can only unwind them with the process paused, so it runs blocking then,
+    which slows the server under test: read its shares, not its rate."""
+    argv = [
         str(py_spy), "record", "--pid", str(pid), "--subprocesses",
         "--duration", str(duration), "--rate", "250", "--format", "raw",
-        "--output", str(output), "--nonblocking",
+        "--output", str(output),
     ]  # fmt: skip
+    return [*argv, "--native", "--gil"] if native else [*argv, "--nonblocking"]
 
 
-def record(py_spy: Path, pid: int, duration: int, output: Path) -> subprocess.Popen[bytes]:
+def record(
+    py_spy: Path, pid: int, duration: int, output: Path, native: bool = False
+) -> subprocess.Popen[bytes]:
     """Start py-spy on `pid` and its children for `duration` seconds (caller waits)."""
     return subprocess.Popen(
-        record_command(py_spy, pid, duration, output),
+        record_command(py_spy, pid, duration, output, native),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,

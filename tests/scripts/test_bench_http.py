@@ -346,6 +346,9 @@ def test_busy_machine_warning() -> None:
 def test_profile_command_follows_subprocesses(tmp_path: Path) -> None:
     argv = profile.record_command(tmp_path / "py-spy", 42, 5, tmp_path / "out.txt")
     assert "--subprocesses" in argv and argv[argv.index("--pid") + 1] == "42"
+    assert "--nonblocking" in argv and "--native" not in argv
+    native = profile.record_command(tmp_path / "py-spy", 42, 5, tmp_path / "out.txt", True)
+    assert "--native" in native and "--nonblocking" not in native  # py-spy allows no both
 
 
 # --- the command -----------------------------------------------------------------------
