@@ -116,7 +116,11 @@ def measure(
     """Start `peer` with `workers` workers, load it with wrk, stop it; never raises for
     a server that misbehaves (the failure becomes `skipped`)."""
     result = Measurement(peer.server, peer.scenario, workers, round_)
-    reason = peer.missing(ctx)
+    try:
+        reason = peer.missing(ctx)
+    except RuntimeError as error:  # the check itself failed (benchkit.peers.venv_has)
+        result.skipped = f"failed: {error}"
+        return result
     if reason is None and workers > peer.max_workers(ctx):
         reason = f"runs {peer.max_workers(ctx)} worker(s) only"
     if reason is not None:

@@ -93,11 +93,17 @@ def venv_has(ctx: Context, module: str) -> bool:
 
 @cache
 def _venv_imports(python: str, module: str) -> bool:
+    """Cached: an answer holds for the run. A check that timed out (a machine stalled by
+    other work) raises RuntimeError instead, uncached, so that the peer is reported as
+    failed this time, not as missing for the rest of the run."""
     if not Path(python).exists():
         return False
-    done = subprocess.run(
-        [python, "-c", f"import {module}"], capture_output=True, timeout=60, check=False
-    )
+    try:
+        done = subprocess.run(
+            [python, "-c", f"import {module}"], capture_output=True, timeout=60, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"`import {module}` in {python} took over 60 s") from None
     return done.returncode == 0
 
 

@@ -298,3 +298,13 @@ def test_short_hosting_run_writes_the_docs(tmp_path: Path) -> None:
     assert (
         text.split("hosting-results:begin")[0] == DOCS.read_text().split("hosting-results:begin")[0]
     )
+
+
+def test_a_peer_whose_check_fails_is_skipped_not_crashed(tmp_path: Path) -> None:
+    def missing(ctx: peers.Context) -> str | None:
+        raise RuntimeError("`import uvicorn` in /venv/bin/python took over 60 s")
+
+    peer = peers.Peer("uvicorn", hosting.ASGI_HELLO, missing, _peer("uvicorn", "asgi-hello").launch)
+    args = bench_http.parser().parse_args([])
+    result = bench_http.measure(peer, peers.Context(tmp_path, tmp_path), 1, args, 0)
+    assert not result.ok and result.skipped.startswith("failed: `import uvicorn`")
