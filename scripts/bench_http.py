@@ -230,6 +230,13 @@ def run_profile(
     return [head + (f" ({launch.note})" if launch.note else ""), *summary.lines()]
 
 
+def venv_setting(venv: Path) -> list[str]:
+    """`FORKD_BENCH_VENV=...` for the recorded command when the peers' venv came from it,
+    so that the command in the docs finds the same peers when run again."""
+    named = os.environ.get("FORKD_BENCH_VENV")
+    return [f"FORKD_BENCH_VENV={named}"] if named and Path(named) == venv else []
+
+
 def busy_warning(load: float, cpus: int | None) -> str | None:
     """A warning when other work competes for the CPUs: ratios then carry its noise."""
     if load > 0.5 * (cpus or 1):
@@ -298,7 +305,13 @@ def main(argv: list[str] | None = None) -> int:
     if warning:
         print(warning)
     document = {
-        "command": ["python3", "scripts/bench_http.py", *(sys.argv[1:] if argv is None else argv)],
+        "command": [
+            *venv_setting(args.venv),
+            "python3",
+            "scripts/bench_http.py",
+            *(sys.argv[1:] if argv is None else argv),
+        ],
+        "warning": warning,
         "suite": suite.name,
         "date": date,
         "run": {"duration": args.duration, "warmup": args.warmup, "rounds": args.rounds},

@@ -57,6 +57,8 @@ def section(
         f"{_versions_line(versions['forkd_python'])}.",
         f"Peers (`{versions['peers_venv']}`): {_versions_line(versions['peers'])}.",
     ]
+    if document.get("warning"):
+        lines += ["", f"**{document['warning']}.**"]
     for scenario in scenarios:
         rows = [m for m in results if m.scenario == scenario]
         if not rows:

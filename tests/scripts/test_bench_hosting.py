@@ -198,6 +198,7 @@ def _document() -> dict[str, object]:
         "elapsed_seconds": 123.4,
         "targets": ["asgi-hello -w1: forkd 1.40x uvicorn req/s (target >= 1.3x): met"],
         "profile": ["py-spy: 10 busy samples"],
+        "warning": "warning: load average 3.30 on 2 CPUs before the run",
     }
 
 
@@ -215,6 +216,7 @@ def test_section_states_command_machine_versions_and_tables() -> None:
     assert "load average: 1.00, 0.50, 0.25" in text and "load average: 1.50" in text
     assert "gunicorn 27.0.1, granian 2.8.9" in text and "commit abc1234" in text
     assert "median of 3 round(s)" in text
+    assert "**warning: load average 3.30 on 2 CPUs before the run.**" in text
     # one table per scenario that ran, in the suite's order, then the pending hook
     assert text.index("#### wsgi-hello") < text.index("#### asgi-hello") < text.index("ws-echo")
     assert "#### flask" not in text
@@ -308,3 +310,13 @@ def test_a_peer_whose_check_fails_is_skipped_not_crashed(tmp_path: Path) -> None
     args = bench_http.parser().parse_args([])
     result = bench_http.measure(peer, peers.Context(tmp_path, tmp_path), 1, args, 0)
     assert not result.ok and result.skipped.startswith("failed: `import uvicorn`")
+
+
+def test_the_recorded_command_names_the_peers_venv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FORKD_BENCH_VENV", str(tmp_path))
+    assert bench_http.venv_setting(tmp_path) == [f"FORKD_BENCH_VENV={tmp_path}"]
+    assert bench_http.venv_setting(tmp_path / "other") == []  # --venv said otherwise
+    monkeypatch.delenv("FORKD_BENCH_VENV")
+    assert bench_http.venv_setting(peers.BENCH_VENV) == []
