@@ -1,9 +1,16 @@
 """Benchmark forkd's HTTP server against its peers, side by side, in one run.
 
-    bash scripts/bench_setup.sh                      # once: .bench-venv, wrk, nginx
+    bash scripts/bench_setup.sh                      # once: the peers' venv, wrk, nginx
     python scripts/bench_http.py                     # hello + static, -w1 and -w2, 5 s each
     python scripts/bench_http.py --only forkd,uvicorn --workers 2 --duration 10 --rounds 3
     python scripts/bench_http.py --json results.json --profile 10
+    python scripts/bench_http.py --suite hosting --rounds 3 --docs   # forkd serve vs
+        # gunicorn, uvicorn, granian, hypercorn, waitress; tables into docs/BENCHMARKS.md
+
+Two suites (benchkit/suites.py): `http`, forkd.web's own server (the hello and static
+taps) against uvicorn, granian, gunicorn, nginx, Twisted and raw uvloop; `hosting`,
+`forkd serve MODULE:APP` hosting WSGI, ASGI, Flask and FastAPI apps against the servers
+people host them with (benchkit/hosting.py).
 
 Every server runs on 127.0.0.1 on a free port, in its own process group, one at a time:
 start, wait until `GET` answers 200 (with a deadline), warm up 1 s, then
@@ -13,27 +20,30 @@ than requests/s on a 2-core machine where wrk shares the cores. Every server is 
 (its process group) when its measurement ends, whatever happens. A server that is not
 installed, cannot run that many workers, or fails to start is skipped with a note.
 
-`--profile SECONDS` then runs py-spy on forkd's hello workers under wrk load and prints
-where the time goes (top frames). Exit status: 0 when the run completed (targets missed or
+`--profile SECONDS` then runs py-spy on forkd's workers under wrk load, in the suite's
+profiled scenarios (http: hello; hosting: wsgi-hello and asgi-hello), and prints where
+the time goes (top frames). `--docs` writes the results into the suite's marked section of
+docs/BENCHMARKS.md (benchkit/docs.py). Exit status: 0 when the run completed (targets missed or
 not), 1 when forkd itself could not be measured, 2 on bad usage.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-from benchkit import peers, processes, profile, report, wrk
+from benchkit import docs, facts, peers, processes, profile, report, suites, wrk
 from benchkit.report import Measurement
+from benchkit.suites import Suite
 
 STARTUP_TIMEOUT = 20.0
+DOCS = peers.REPO / "docs" / "BENCHMARKS.md"
 
 
 def parse_list(text: str) -> list[str]:
@@ -53,7 +63,11 @@ def parse_workers(text: str) -> list[int]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bench_http.py",
-        description="forkd vs uvicorn, granian, gunicorn, nginx, Twisted, raw uvloop (wrk).",
+        description="forkd vs uvicorn, granian, gunicorn, nginx, Twisted, raw uvloop (wrk); "
+        "--suite hosting: forkd serve vs gunicorn, uvicorn, granian, hypercorn, waitress.",
+    )
+    p.add_argument(
+        "--suite", choices=sorted(suites.SUITES), default="http", help="http (default), hosting"
     )
     p.add_argument("--duration", type=float, default=5.0, help="seconds of wrk per server")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of wrk before measuring")
@@ -61,11 +75,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers", type=parse_workers, default=[1, 2], help="worker counts, e.g. 1,2 (default)"
     )
+    servers = sorted({s for suite in suites.SUITES.values() for s in suite.servers})
     p.add_argument(
-        "--only", type=parse_list, default=None, help=f"servers to run: {','.join(peers.SERVERS)}"
+        "--only", type=parse_list, default=None, help=f"servers to run: {','.join(servers)}"
     )
+    scenarios = "; ".join(f"{n}: {','.join(s.scenarios)}" for n, s in suites.SUITES.items())
     p.add_argument(
-        "--scenarios", type=parse_list, default=peers.SCENARIOS, help="hello,static (default both)"
+        "--scenarios", type=parse_list, default=None, help=f"default all the suite's ({scenarios})"
     )
     p.add_argument("--rounds", type=int, default=1, help="repeat all; report the median round")
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
@@ -74,9 +90,23 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="SECONDS",
-        help="then py-spy forkd's hello workers under wrk load for SECONDS",
+        help="then py-spy forkd's workers under wrk load for SECONDS (each profiled scenario)",
+    )
+    p.add_argument(
+        "--profile-native",
+        action="store_true",
+        help="profile with C frames too (py-spy --native: shows the cycle collector's share)",
     )
     p.add_argument("--venv", type=Path, default=peers.BENCH_VENV, help="the peers' virtualenv")
+    p.add_argument(
+        "--docs",
+        type=Path,
+        nargs="?",
+        const=DOCS,
+        default=None,
+        metavar="FILE",
+        help="write the results into FILE's marked section (default docs/BENCHMARKS.md)",
+    )
     return p
 
 
@@ -86,7 +116,11 @@ def measure(
     """Start `peer` with `workers` workers, load it with wrk, stop it; never raises for
     a server that misbehaves (the failure becomes `skipped`)."""
     result = Measurement(peer.server, peer.scenario, workers, round_)
-    reason = peer.missing(ctx)
+    try:
+        reason = peer.missing(ctx)
+    except RuntimeError as error:  # the check itself failed (benchkit.peers.venv_has)
+        result.skipped = f"failed: {error}"
+        return result
     if reason is None and workers > peer.max_workers(ctx):
         reason = f"runs {peer.max_workers(ctx)} worker(s) only"
     if reason is not None:
@@ -122,8 +156,10 @@ def measure(
     return result
 
 
-def run_all(args: argparse.Namespace, scratch: Path, static_dir: Path) -> list[Measurement]:
-    selected = peers.select(args.only, args.scenarios)
+def run_all(
+    suite: Suite, args: argparse.Namespace, scratch: Path, static_dir: Path
+) -> list[Measurement]:
+    selected = suite.select(args.only, args.scenarios)
     measurements = []
     for round_ in range(args.rounds):
         for workers in args.workers:
@@ -137,7 +173,7 @@ def run_all(args: argparse.Namespace, scratch: Path, static_dir: Path) -> list[M
 
 
 def progress_line(m: Measurement) -> str:
-    where = f"{m.server:<11} {m.scenario:<6} -w{m.workers} r{m.round}"
+    where = f"{m.server:<16} {m.scenario:<10} -w{m.workers} r{m.round}"
     if not m.ok:
         return f"  {where}  skipped: {m.skipped}"
     return (
@@ -147,13 +183,27 @@ def progress_line(m: Measurement) -> str:
     )
 
 
-def run_profile(args: argparse.Namespace, scratch: Path, static_dir: Path) -> list[str]:
-    """py-spy forkd's hello server (the largest worker count asked) under wrk load."""
+def run_profiles(
+    suite: Suite, args: argparse.Namespace, scratch: Path, static_dir: Path
+) -> list[str]:
+    """py-spy forkd in each of the suite's profiled scenarios that this run measured."""
+    lines: list[str] = []
+    for scenario in suite.profiled:
+        peer = suite.forkd_peer(scenario)
+        if peer is not None and scenario in args.scenarios:
+            lines += run_profile(peer, args, scratch / f"profile-{scenario}", static_dir)
+    return lines
+
+
+def run_profile(
+    peer: peers.Peer, args: argparse.Namespace, workdir: Path, static_dir: Path
+) -> list[str]:
+    """py-spy forkd's server in `peer`'s scenario (the largest worker count asked) under
+    wrk load."""
     py_spy = args.venv / "bin" / "py-spy"
     if not py_spy.exists():
         return [f"profile skipped: py-spy not in {args.venv} (scripts/bench_setup.sh)"]
-    peer = next(p for p in peers.PEERS if p.server == "forkd" and p.scenario == peers.HELLO)
-    ctx = peers.Context(scratch / "profile", static_dir, args.venv)
+    ctx = peers.Context(workdir, static_dir, args.venv)
     if (reason := peer.missing(ctx)) is not None:
         return [f"profile skipped: {reason}"]
     ctx.workdir.mkdir(parents=True, exist_ok=True)
@@ -165,7 +215,7 @@ def run_profile(args: argparse.Namespace, scratch: Path, static_dir: Path) -> li
     with processes.Server(launch.argv, ctx.workdir, {**os.environ, **launch.env}) as server:
         server.wait_until_serving(port, launch.path, STARTUP_TIMEOUT)
         wrk.run(url, 1.0, args.connections)
-        spy = profile.record(py_spy, server.pid, args.profile, output)
+        spy = profile.record(py_spy, server.pid, args.profile, output, args.profile_native)
         try:
             wrk.run(url, args.profile + 1, args.connections)
             _, err = spy.communicate(timeout=args.profile + 30)
@@ -174,17 +224,17 @@ def run_profile(args: argparse.Namespace, scratch: Path, static_dir: Path) -> li
     if not output.exists():
         return [f"profile failed: {err.decode(errors='replace').strip()[:300]}"]
     summary = profile.summarise(output.read_text(errors="replace"))
-    head = f"forkd hello -w{workers} under wrk -c{args.connections}, {args.profile}s"
+    head = f"forkd {peer.scenario} -w{workers} under wrk -c{args.connections}, {args.profile}s"
+    if args.profile_native:
+        head += ", with C frames (--native)"
     return [head + (f" ({launch.note})" if launch.note else ""), *summary.lines()]
 
 
-def machine() -> dict[str, Any]:
-    return {
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "load_average_1min": round(os.getloadavg()[0], 2),
-    }
+def venv_setting(venv: Path) -> list[str]:
+    """`FORKD_BENCH_VENV=...` for the recorded command when the peers' venv came from it,
+    so that the command in the docs finds the same peers when run again."""
+    named = os.environ.get("FORKD_BENCH_VENV")
+    return [f"FORKD_BENCH_VENV={named}"] if named and Path(named) == venv else []
 
 
 def busy_warning(load: float, cpus: int | None) -> str | None:
@@ -197,23 +247,43 @@ def busy_warning(load: float, cpus: int | None) -> str | None:
     return None
 
 
+def usage_error(args: argparse.Namespace, suite: Suite) -> str | None:
+    """What is wrong with the options for this suite, in one line (None when nothing)."""
+    unknown = sorted(set(args.scenarios) - set(suite.scenarios))
+    if unknown:
+        return (
+            f"unknown scenario(s) for --suite {suite.name}: {', '.join(unknown)} "
+            f"(known: {', '.join(suite.scenarios)})"
+        )
+    if args.duration < 1 or args.rounds < 1 or args.connections < 1:
+        return "bad duration (>= 1 s), rounds or connections"
+    try:
+        suite.select(args.only, args.scenarios)
+    except ValueError as error:
+        return str(error)
+    if args.docs is not None:
+        try:
+            docs.replace_section(args.docs.read_text(), suite.name, "")
+        except (OSError, ValueError) as error:
+            return f"--docs {args.docs}: {error}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    unknown = sorted(set(args.scenarios) - set(peers.SCENARIOS))
-    if unknown or args.duration < 1 or args.rounds < 1 or args.connections < 1:
-        print("bench_http.py: bad scenarios, duration (>= 1 s), rounds or connections",
-              file=sys.stderr)  # fmt: skip
-        return 2
-    try:
-        peers.select(args.only, args.scenarios)
-    except ValueError as error:
-        print(f"bench_http.py: {error}", file=sys.stderr)
+    suite = suites.SUITES[args.suite]
+    if args.scenarios is None:
+        args.scenarios = suite.scenarios
+    problem = usage_error(args, suite)
+    if problem is not None:
+        print(f"bench_http.py: {problem}", file=sys.stderr)
         return 2
     if not wrk.available():
         print("bench_http.py: wrk not found (run scripts/bench_setup.sh)", file=sys.stderr)
         return 1
     started = time.monotonic()
-    before_run = machine()
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    before_run = facts.machine()
     warning = busy_warning(before_run["load_average_1min"], before_run["cpus"])
     if warning:
         print(warning, file=sys.stderr)
@@ -221,30 +291,49 @@ def main(argv: list[str] | None = None) -> int:
         scratch = Path(tmp)
         static_dir = scratch / "static"
         peers.make_static_file(static_dir)
-        measurements = run_all(args, scratch, static_dir)
+        measurements = run_all(suite, args, scratch, static_dir)
         results = report.median_rounds(measurements)
-        profile_lines = run_profile(args, scratch, static_dir) if args.profile else []
-    print(report.table(results))
-    targets = report.target_lines(results)
+        profile_lines = run_profiles(suite, args, scratch, static_dir) if args.profile else []
+    print(report.table(results, suite.scenarios))
+    for scenario, reason in suite.pending.items():
+        print(f"{scenario}: {reason}")
+    targets = report.target_lines(results, suite.targets)
     for line in targets:
         print(line)
     for line in profile_lines:
         print(line)
     if warning:
         print(warning)
+    document = {
+        "command": [
+            *venv_setting(args.venv),
+            "python3",
+            "scripts/bench_http.py",
+            *(sys.argv[1:] if argv is None else argv),
+        ],
+        "warning": warning,
+        "suite": suite.name,
+        "date": date,
+        "run": {"duration": args.duration, "warmup": args.warmup, "rounds": args.rounds},
+        "wrk": wrk.command("http://127.0.0.1:PORT/", args.duration, args.connections),
+        "machine": before_run,
+        "load_average_1min_after": round(os.getloadavg()[0], 2),
+        "uptime_after": facts.uptime(),
+        "versions": facts.versions(
+            args.venv, peers.REPO, suite.venv_packages, suite.forkd_packages
+        ),
+        "elapsed_seconds": round(time.monotonic() - started, 1),
+        "results": [m.as_dict() for m in results],
+        "rounds": [m.as_dict() for m in measurements],
+        "targets": targets,
+        "profile": profile_lines,
+    }
     if args.json is not None:
-        document = {
-            "command": ["python", "scripts/bench_http.py", *(argv or sys.argv[1:])],
-            "wrk": wrk.command("http://127.0.0.1:PORT/", args.duration, args.connections),
-            "machine": before_run,
-            "load_average_1min_after": round(os.getloadavg()[0], 2),
-            "elapsed_seconds": round(time.monotonic() - started, 1),
-            "results": [m.as_dict() for m in results],
-            "rounds": [m.as_dict() for m in measurements],
-            "targets": targets,
-            "profile": profile_lines,
-        }
         args.json.write_text(json.dumps(document, indent=2) + "\n")
+    if args.docs is not None:
+        body = docs.section(document, results, suite.scenarios, suite.pending)
+        docs.write(args.docs, suite.name, body)
+        print(f"wrote the {suite.name} results into {args.docs}", file=sys.stderr)
     forkd_ran = any(m.server == report.FORKD and m.ok for m in results)
     forkd_asked = args.only is None or report.FORKD in args.only
     return 1 if forkd_asked and not forkd_ran else 0

@@ -3,8 +3,9 @@
 A `Peer` knows its server's name, the scenario it serves (`hello`: a fixed 14-byte body;
 `static`: one 1 MiB file), how many workers it can run, whether it is installed here, and
 the command line that starts it on a given port. The peers other than forkd run from
-.bench-venv (scripts/bench_setup.sh), so they never enter forkd's own environment; nginx
-and wrk come from Debian. A peer that is not installed is skipped with a note.
+their own virtualenv (scripts/bench_setup.sh: .bench-venv in the repo, or wherever
+$FORKD_BENCH_VENV names), so they never enter forkd's own environment; nginx and wrk come
+from Debian. A peer that is not installed is skipped with a note.
 
 forkd itself runs as `forkd start -n TAP -w N` from a tap written by `mktap`, as a user
 would run it. While the master (`forkd start`) does not exist in this tree, forkd falls
@@ -25,7 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "scripts"
 PEER_APPS = SCRIPTS / "peers"
-BENCH_VENV = REPO / ".bench-venv"
+# the peers' virtualenv; scripts/bench_setup.sh reads the same variable
+BENCH_VENV = Path(os.environ.get("FORKD_BENCH_VENV") or REPO / ".bench-venv")
 STATIC_NAME = "big.bin"
 STATIC_SIZE = 1 << 20
 HELLO, STATIC = "hello", "static"
@@ -85,22 +87,28 @@ def venv_tool(ctx: Context, name: str) -> Path:
 
 
 def venv_has(ctx: Context, module: str) -> bool:
-    """True when .bench-venv can import `module` (checked by its own interpreter)."""
+    """True when the peers' venv can import `module` (checked by its own interpreter)."""
     return _venv_imports(str(venv_tool(ctx, "python")), module)
 
 
 @cache
 def _venv_imports(python: str, module: str) -> bool:
+    """Cached: an answer holds for the run. A check that timed out (a machine stalled by
+    other work) raises RuntimeError instead, uncached, so that the peer is reported as
+    failed this time, not as missing for the rest of the run."""
     if not Path(python).exists():
         return False
-    done = subprocess.run(
-        [python, "-c", f"import {module}"], capture_output=True, timeout=60, check=False
-    )
+    try:
+        done = subprocess.run(
+            [python, "-c", f"import {module}"], capture_output=True, timeout=60, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"`import {module}` in {python} took over 60 s") from None
     return done.returncode == 0
 
 
 def peer_python(ctx: Context) -> str:
-    """The interpreter for the hand-written peers: .bench-venv's, else forkd's own."""
+    """The interpreter for the hand-written peers: the peers' venv's, else forkd's own."""
     python = venv_tool(ctx, "python")
     return str(python) if python.exists() else sys.executable
 
@@ -130,7 +138,7 @@ def hello_tap_name() -> str | None:
     """The tap module that serves Hello (`mktap hello`), wherever the web engineer put it."""
     if (REPO / "workers" / "hello.py").exists():
         return "hello"
-    if _forkd_imports("forkd.web.hello") and _forkd_has_attr("forkd.web.hello", "getPorts"):
+    if forkd_imports("forkd.web.hello") and _forkd_has_attr("forkd.web.hello", "getPorts"):
         return "forkd.web.hello"
     return None
 
@@ -140,7 +148,8 @@ def web_tap_name() -> str | None:
 
 
 @cache
-def _forkd_imports(module: str) -> bool:
+def forkd_imports(module: str) -> bool:
+    """True when forkd's own interpreter (the one running the benchmark) imports `module`."""
     return _forkd_python_ok(f"import {module}")
 
 
@@ -326,7 +335,7 @@ def _nginx(path: str) -> Callable[[Context, int, int], Launch]:
 def _uvloop_missing(ctx: Context) -> str | None:
     python = peer_python(ctx)
     if python == sys.executable:
-        return None if _forkd_imports("uvloop") else "uvloop not installed"
+        return None if forkd_imports("uvloop") else "uvloop not installed"
     return None if venv_has(ctx, "uvloop") else f"uvloop not installed ({SETUP_HINT})"
 
 
@@ -348,13 +357,18 @@ SERVERS = sorted({peer.server for peer in PEERS})
 SCENARIOS = [HELLO, STATIC]
 
 
-def select(only: list[str] | None, scenarios: list[str]) -> list[Peer]:
-    """The peers named in `only` (all when None) in the given scenarios, in PEERS order."""
-    unknown = sorted(set(only or []) - set(SERVERS))
+def select(
+    only: list[str] | None, scenarios: list[str], among: list[Peer] | None = None
+) -> list[Peer]:
+    """The peers named in `only` (all when None) in the given scenarios, in the order of
+    `among` (a suite's peers; PEERS, the HTTP suite's, when None)."""
+    among = PEERS if among is None else among
+    servers = sorted({peer.server for peer in among})
+    unknown = sorted(set(only or []) - set(servers))
     if unknown:
-        raise ValueError(f"unknown server(s): {', '.join(unknown)} (known: {', '.join(SERVERS)})")
+        raise ValueError(f"unknown server(s): {', '.join(unknown)} (known: {', '.join(servers)})")
     return [
         peer
-        for peer in PEERS
+        for peer in among
         if peer.scenario in scenarios and (only is None or peer.server in only)
     ]

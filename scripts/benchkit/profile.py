@@ -10,8 +10,11 @@ lines merged: a function's share is what a change to it could win).
 Without `--native`, time spent in C (uvloop, httptools, the write and read system calls)
 is charged to the Python line that called into it: a line like `transport.write(...)` at
 the top of the self-time list means the kernel's send, not Python. Frames present in
-(nearly) every sample -- the entry point, the master's fork, the worker's run loop -- are
-the common trunk and are left out of the inclusive list: they say nothing about where.
+(nearly) every sample of their thread -- the entry point, the master's fork, the worker's
+run loop; a pool thread's bootstrap and work loop -- are the common trunk and are left out
+of the inclusive list: they say nothing about where. The trunk is found per root frame
+(the main thread's `<module>`, a pool thread's `Thread._bootstrap`), so a threaded server
+(WSGI) does not list its main thread's trunk at the main thread's share.
 """
 
 from __future__ import annotations
@@ -58,7 +61,8 @@ def summarise(collapsed: str, top: int = 15) -> Profile:
     dropped: they name who, not where.
     """
     self_counts: Counter[str] = Counter()
-    inclusive_counts: Counter[str] = Counter()
+    root_samples: Counter[str] = Counter()  # root frame -> its samples
+    under_root: dict[str, Counter[str]] = {}  # root frame -> each function's samples
     total = 0
     for line in collapsed.splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -70,30 +74,46 @@ def summarise(collapsed: str, top: int = 15) -> Profile:
             continue
         total += count
         self_counts[frames[-1]] += count
+        root = function_of(frames[0])
+        root_samples[root] += count
+        functions = under_root.setdefault(root, Counter())
         for function in {function_of(frame) for frame in frames}:
-            inclusive_counts[function] += count
+            functions[function] += count
     if total == 0:
         return Profile(0, [], [])
+    inclusive_counts: Counter[str] = Counter()
+    for root, functions in under_root.items():
+        for function, n in functions.items():
+            if 100.0 * n / root_samples[root] < TRUNK_SHARE:
+                inclusive_counts[function] += n
 
-    def shares(counts: Counter[str], limit: float = 101.0) -> list[tuple[str, float]]:
-        ranked = [(frame, 100.0 * n / total) for frame, n in counts.most_common()]
-        return [(frame, share) for frame, share in ranked if share < limit][:top]
+    def shares(counts: Counter[str]) -> list[tuple[str, float]]:
+        return [(frame, 100.0 * n / total) for frame, n in counts.most_common(top)]
 
-    return Profile(total, shares(self_counts), shares(inclusive_counts, TRUNK_SHARE))
+    return Profile(total, shares(self_counts), shares(inclusive_counts))
 
 
-def record_command(py_spy: Path, pid: int, duration: int, output: Path) -> list[str]:
-    return [
+def record_command(
+    py_spy: Path, pid: int, duration: int, output: Path, native: bool = False
+) -> list[str]:
+    """py-spy's command line. `native` adds the C frames (what a Python-only profile smears
+    over the lines that call into C: the cycle collector's `gc_collect_main`, uvloop's
+    write); py-spy can only unwind them with the process paused, so it runs blocking then,
+    which slows the server under test: read its shares, not its rate."""
+    argv = [
         str(py_spy), "record", "--pid", str(pid), "--subprocesses",
         "--duration", str(duration), "--rate", "250", "--format", "raw",
-        "--output", str(output), "--nonblocking",
+        "--output", str(output),
     ]  # fmt: skip
+    return [*argv, "--native", "--gil"] if native else [*argv, "--nonblocking"]
 
 
-def record(py_spy: Path, pid: int, duration: int, output: Path) -> subprocess.Popen[bytes]:
+def record(
+    py_spy: Path, pid: int, duration: int, output: Path, native: bool = False
+) -> subprocess.Popen[bytes]:
     """Start py-spy on `pid` and its children for `duration` seconds (caller waits)."""
     return subprocess.Popen(
-        record_command(py_spy, pid, duration, output),
+        record_command(py_spy, pid, duration, output, native),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,

@@ -297,14 +297,15 @@ def test_ratios_and_table() -> None:
 def test_targets_met_and_missed() -> None:
     results = [
         _m("forkd", 1300),
-        _m("uvicorn", 1000),
+        _m("uvicorn", 1000, cpu=1.5),
         _m("gunicorn", 300),
         _m("forkd", 600, scenario="static"),
         _m("nginx", 1000, scenario="static"),
     ]
     lines = report.target_lines(results)
     assert len(lines) == 3
-    assert "uvicorn" in lines[0] and lines[0].count("met") == 1
+    assert "uvicorn" in lines[0] and "): met;" in lines[0]
+    assert "at equal CPU: met" in lines[0]  # more CPU for fewer requests
     assert "gunicorn" in lines[1] and "MISSED" in lines[1]
     assert "nginx" in lines[2] and "MISSED" in lines[2]
 
@@ -345,6 +346,9 @@ def test_busy_machine_warning() -> None:
 def test_profile_command_follows_subprocesses(tmp_path: Path) -> None:
     argv = profile.record_command(tmp_path / "py-spy", 42, 5, tmp_path / "out.txt")
     assert "--subprocesses" in argv and argv[argv.index("--pid") + 1] == "42"
+    assert "--nonblocking" in argv and "--native" not in argv
+    native = profile.record_command(tmp_path / "py-spy", 42, 5, tmp_path / "out.txt", True)
+    assert "--native" in native and "--nonblocking" not in native  # py-spy allows no both
 
 
 # --- the command -----------------------------------------------------------------------
