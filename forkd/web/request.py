@@ -265,6 +265,7 @@ class Request(ResponseWriter):
             if data:
                 received(data)
         if self.bodyComplete:
+            self._bodyHandlers = None  # they hold what holds this request: no cycle left
             complete()
 
     def pauseBody(self) -> None:
@@ -284,8 +285,11 @@ class Request(ResponseWriter):
 
     def _bodyDone(self) -> None:
         self.bodyComplete = True
-        if self._bodyHandlers is not None and not self.finished:
-            self._bodyHandlers[1]()
+        # dropped now: the handlers hold the resource's objects, which hold this request,
+        # a cycle that only the garbage collector would otherwise free (per request)
+        handlers, self._bodyHandlers = self._bodyHandlers, None
+        if handlers is not None and not self.finished:
+            handlers[1]()
 
     def _bodyFailed(self) -> None:
         """The rest of a streamed body will not come: tell the resource, once."""
