@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -127,7 +128,7 @@ def scope_for(request: Any, root_path: str = "") -> Scope:
     With a `root_path` (where a proxy mounts the application), `path` includes it, as
     ASGI 3 and uvicorn have it: a path that does not begin with it is taken as one the
     proxy stripped, and gets it back in front (see forkd.web.wsgi.script_and_path)."""
-    host, peer = request.getHost(), request.getClientAddress()
+    client, server = _addresses(request)
     raw_path = request.path
     if root_path:
         root = root_path.encode("latin-1")
@@ -136,69 +137,104 @@ def scope_for(request: Any, root_path: str = "") -> Scope:
     return {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": request.clientproto.decode("latin-1").partition("/")[2] or "1.1",
+        "http_version": _HTTP_VERSIONS.get(request.clientproto, "1.1"),
         "method": request.method.decode("latin-1"),
         "scheme": "https" if request.isSecure() else "http",
-        "path": unquote_to_bytes(raw_path).decode("utf-8", "surrogateescape"),
+        "path": unquote_to_bytes(raw_path).decode("utf-8", "surrogateescape")
+        if b"%" in raw_path
+        else raw_path.decode("utf-8", "surrogateescape"),
         "raw_path": raw_path,
         "query_string": request.query,
         "root_path": root_path,
-        "headers": [  # ASGI: names lowercased, values as sent
-            (name.lower(), value)
-            for name, values in request.requestHeaders.getAllRawHeaders()
-            for value in values
-        ],
-        "client": (str(peer[1]), int(peer[2])) if len(peer) > 2 else None,
-        "server": (str(host[1]), int(host[2])) if len(host) > 2 else None,
+        # ASGI: names lowercased, values as sent (the parser's own pairs, in order)
+        "headers": [(name.lower(), value) for name, value in request._raw],
+        "client": client,
+        "server": server,
         "state": {},
         "extensions": {"http.response.pathsend": {}},
     }
 
 
+_HTTP_VERSIONS = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0"}
+
+
+def _addresses(request: Any) -> tuple[tuple[str, int] | None, tuple[str, int] | None]:
+    """The scope's `client` and `server`: the (proxied) client's and this end's address.
+    This end's is the same for every request of a connection, so it is kept on it."""
+    channel = request.channel
+    known = getattr(channel, "_asgiServer", None)
+    if known is None:
+        host = request.getHost()
+        known = channel._asgiServer = ((str(host[1]), int(host[2])) if len(host) > 2 else (),)
+    server: tuple[str, int] | None = known[0] or None
+    peer = request.getClientAddress()
+    return (str(peer[1]), int(peer[2])) if len(peer) > 2 else None, server
+
+
 class _Exchange:
-    """One request's run of the application: its receive() and send()."""
+    """One request's run of the application: its receive() and send().
+
+    Light, because every request makes one: the body waits in a deque, and one Event,
+    made only if receive() has to wait, wakes it for a chunk, the body's end or the
+    client leaving."""
 
     def __init__(self, application: ASGIApplication, request: Any, scope: Scope) -> None:
         self.application = application
         self.request = request
         self.scope = scope
-        self.body: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self.gone = asyncio.Event()
-        self.writable = asyncio.Event()
-        self.writable.set()
+        self.chunks: deque[bytes | None] = deque()  # None: the end of the body
+        self.wake: asyncio.Event | None = None
+        self.left = False  # the client went away, or the response is complete
+        self.writable: asyncio.Event | None = None
         self.body_done = False
         self.started = False
         self.finished = False
-        request.onBody(self.body.put_nowait, lambda: self.body.put_nowait(None), self._leave)
+        request.onBody(self._fed, self._ended, self._leave)
         request.notifyFinish().addErrback(lambda reason: self._leave())
 
+    def _fed(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+        if self.wake is not None:
+            self.wake.set()
+
+    def _ended(self) -> None:
+        self._fed(None)  # type: ignore[arg-type]
+
     def _leave(self) -> None:
-        self.gone.set()
-        self.writable.set()  # a send() waiting for the client must not wait for ever
+        self.left = True
+        if self.wake is not None:
+            self.wake.set()
+        if self.writable is not None:
+            self.writable.set()  # a send() waiting for the client must not wait for ever
 
     # the channel pauses and resumes a registered producer with its write buffer
     def pauseProducing(self) -> None:
-        self.writable.clear()
+        if self.writable is not None:
+            self.writable.clear()
 
     def resumeProducing(self) -> None:
-        self.writable.set()
+        if self.writable is not None:
+            self.writable.set()
 
     async def receive(self) -> Message:
-        if not self.body_done:
-            getting = asyncio.ensure_future(self.body.get())
-            leaving = asyncio.ensure_future(self.gone.wait())
-            done, _ = await asyncio.wait({getting, leaving}, return_when=asyncio.FIRST_COMPLETED)
-            if getting in done:
-                leaving.cancel()
-                chunk = getting.result()
+        while True:
+            if self.chunks and not self.body_done:
+                chunk = self.chunks.popleft()
                 if chunk is None:
                     self.body_done = True
                     return {"type": "http.request", "body": b"", "more_body": False}
-                return {"type": "http.request", "body": chunk, "more_body": True}
-            getting.cancel()
-            return {"type": "http.disconnect"}
-        await self.gone.wait()
-        return {"type": "http.disconnect"}
+                if not self.chunks or self.chunks[0] is not None:
+                    return {"type": "http.request", "body": chunk, "more_body": True}
+                self.chunks.popleft()  # the last chunk: say so with it
+                self.body_done = True
+                return {"type": "http.request", "body": chunk, "more_body": False}
+            if self.left:
+                return {"type": "http.disconnect"}
+            wake = self.wake
+            if wake is None:
+                wake = self.wake = asyncio.Event()
+            wake.clear()
+            await wake.wait()
 
     async def send(self, message: Message) -> None:
         request = self.request
@@ -216,12 +252,18 @@ class _Exchange:
             if not self.started:
                 raise RuntimeError("http.response.body before http.response.start")
             body = bytes(message.get("body", b""))
-            if body:
-                request.write(body)
             if not message.get("more_body", False):
                 self._finished()
+                if not request.startedWriting:
+                    request._respond(body)  # the whole response in one write, with its length
+                    return
+                if body:
+                    request.write(body)
                 request.finish()
-            elif request.channel.writePaused:
+                return
+            if body:
+                request.write(body)
+            if request.channel.writePaused:
                 await self._drained()
         elif kind == "http.response.pathsend":
             if not self.started or self.finished:
@@ -235,7 +277,7 @@ class _Exchange:
         uvicorn's does, so a task of the application waiting on it (Starlette listens
         for the disconnect while it streams) ends instead of waiting for ever."""
         self.finished = True
-        self.gone.set()
+        self._leave()
 
     def _pathsend(self, path: str) -> None:
         """The `http.response.pathsend` extension: the file at `path` is the whole body,
@@ -258,11 +300,14 @@ class _Exchange:
     async def _drained(self) -> None:
         """Wait while the client reads slower than the application writes."""
         channel = self.request.channel
-        self.writable.clear()
+        writable = self.writable
+        if writable is None:
+            writable = self.writable = asyncio.Event()
+        writable.clear()
         channel.registerProducer(self)
         try:
-            if channel.writePaused and not self.gone.is_set():
-                await self.writable.wait()
+            if channel.writePaused and not self.left:
+                await writable.wait()
         finally:
             channel.unregisterProducer()
 

@@ -16,13 +16,9 @@ gunicorn gthread `--threads 8`, waitress `--threads 8`, granian `--blocking-thre
 (its own default would be backlog/2 = 512). No server writes an access log. waitress has
 no worker processes, so it is measured with 1 worker only.
 
-HOOK(websocket-echo): the `ws-echo` scenario (forkd vs uvicorn, messages/s) is declared in
-PENDING below and shown in the report as not measured. wrk speaks no WebSocket, so filling
-it in takes: a load generator (N connections each sending a message and waiting for its
-echo, for D seconds, counting messages; the `websockets` package in the peers' venv is
-enough), a `measure` for it beside bench_http.measure that keeps the CPU accounting, and
-two Peers serving scripts/peers/asgi_ws_echo.py: `forkd serve asgi_ws_echo:app` and
-uvicorn with `--ws websockets`.
+The `ws-echo` scenario (forkd vs uvicorn, messages/s) is in PENDING below: wrk speaks no
+WebSocket, so scripts/bench_websocket.py measures it with its own load generator, and this
+suite's report points there.
 """
 
 from __future__ import annotations
@@ -62,8 +58,8 @@ FRAMEWORK = {FLASK: "flask", FASTAPI: "fastapi"}  # what both sides must be able
 
 # Scenarios the suite reports but cannot measure yet, and why (the report shows the reason).
 PENDING: dict[str, str] = {
-    WEBSOCKET_ECHO: "not measured yet: forkd does not serve WebSocket "
-    "(HOOK(websocket-echo) in scripts/benchkit/hosting.py; forkd vs uvicorn, messages/s)",
+    WEBSOCKET_ECHO: "measured by scripts/bench_websocket.py (wrk speaks no WebSocket; "
+    "forkd vs uvicorn, messages/s)",
 }
 
 # The floors issue 10 sets, in req/s; the report adds the same comparison at equal CPU.

@@ -1,8 +1,5 @@
-"""HOOK(websocket-echo): the raw ASGI WebSocket echo app for the pending ws-echo scenario.
-
-Not measured yet: forkd does not serve WebSocket (forkd/web/asgi.py). It is here so that
-the scenario (forkd vs uvicorn, messages/s; see benchkit/hosting.py) has its app ready:
-every text or binary message is sent straight back, nothing else is done.
+"""The raw ASGI WebSocket echo app of scripts/bench_websocket.py (forkd vs uvicorn,
+messages/s): every text or binary message is sent straight back, nothing else is done.
 """
 
 from __future__ import annotations

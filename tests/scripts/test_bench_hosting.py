@@ -222,7 +222,7 @@ def test_section_states_command_machine_versions_and_tables() -> None:
     assert "#### flask" not in text
     assert "| asgi-hello | 1 | uvicorn | 1,000 | 2.00x | 40.0 (20.0+20.0) | 2.00x |" in text
     assert "skipped: runs 1 worker(s) only" in text
-    assert "HOOK(websocket-echo)" in text
+    assert "scripts/bench_websocket.py" in text
     assert "- asgi-hello -w1: forkd 1.40x uvicorn" in text and "    py-spy: 10" in text
 
 
