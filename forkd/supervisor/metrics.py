@@ -198,7 +198,9 @@ class MasterCollector:
             "forkd_connections", "Connections accepted.", value=totals.get("accepted", 0)
         )
         yield CounterMetricFamily(
-            "forkd_requests", "Requests received (HTTP).", value=totals.get("requests", 0)
+            "forkd_requests",
+            "HTTP requests and WebSocket messages received.",
+            value=totals.get("requests", 0),
         )
         by_port = (
             (

@@ -250,6 +250,7 @@ class WebSocket:
                 if isinstance(whole, bytearray):
                     whole = bytes(whole)
                 self._messages.put_nowait(whole)
+                stats.requests += 1  # a message counts as a request (--max-requests too)
                 if self._messages.qsize() >= QUEUE_LIMIT and not self._reading_paused:
                     self._reading_paused = True
                     self.channel.pauseBody()

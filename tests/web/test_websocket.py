@@ -292,3 +292,13 @@ def test_the_application_may_finish_its_websocket_within_the_drain_time(
         with pytest.raises(ConnectionClosed):
             client.recv(TIMEOUT)
         assert client.close_code == 4000
+
+
+def test_each_websocket_message_counts_as_a_request(served: ServedSite) -> None:
+    """So --max-requests recycles a worker that only serves WebSockets (gunicorn#3086)."""
+    before = stats.requests
+    with connect(url(served)) as client:
+        for n in range(5):
+            client.send(str(n))
+            assert client.recv(TIMEOUT) == f"echo:{n}"
+    assert stats.requests - before >= 5
