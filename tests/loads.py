@@ -13,7 +13,8 @@ class KeepAliveLoad:
     """Clients that each reuse one HTTP/1.1 connection for request after request, as a
     pooled client does, reconnecting only when the server said `Connection: close`
     (or, with `close=True`, that open a new connection for every request).
-    `expect(body)` says whether a 200's body is right."""
+    `expect(body)` says whether a 200's body is right; with `keep_bodies`, the distinct
+    bodies are kept in `bodies`."""
 
     def __init__(
         self,
@@ -23,12 +24,15 @@ class KeepAliveLoad:
         path: str = "/",
         expect: Callable[[bytes], bool] = lambda body: body == b"Hello, world!\n",
         close: bool = False,
+        keep_bodies: bool = False,
     ) -> None:
         self.port = port
         self.limit = limit
         self.path = path
         self.expect = expect
         self.close = close
+        self.keep_bodies = keep_bodies  # the distinct bodies seen, in `bodies`
+        self.bodies: set[bytes] = set()
         self.ok = 0
         self.reconnects = 0
         self.errors: list[str] = []
@@ -49,6 +53,8 @@ class KeepAliveLoad:
                     self.errors.append(f"status {response.status} body {body[:40]!r}")
                 else:
                     self.ok += 1
+                    if self.keep_bodies:
+                        self.bodies.add(body)
                 if response.will_close:
                     self.reconnects += not self.close
                     conn.close()

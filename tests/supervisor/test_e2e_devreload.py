@@ -8,17 +8,15 @@ with the old code serving on, and the watcher never outlives its master."""
 from __future__ import annotations
 
 import contextlib
-import http.client
 import os
 import pathlib
 import signal
-import threading
-from typing import Any
 
 import psutil
 import pytest
 
 from forkd.testing import RunningForkd, forkctl, free_port, make_tap, mktap, wait_for
+from tests.loads import KeepAliveLoad
 from tests.webserving import forkd_serve, get
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -69,52 +67,6 @@ def gone(process: psutil.Process) -> bool:
         return True
 
 
-class Load:
-    """Keep-alive HTTP clients asking for `/` until stopped (at most `limit` requests
-    each), reconnecting only when told to (`Connection: close`); every error is a failed
-    request."""
-
-    def __init__(self, port: int, clients: int = 4, limit: int = 100_000) -> None:
-        self.port = port
-        self.limit = limit
-        self.ok = 0
-        self.bodies: set[bytes] = set()
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
-
-    def _run(self) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        for _ in range(self.limit):
-            if self._stop.is_set():
-                break
-            try:
-                conn.request("GET", "/")
-                response = conn.getresponse()
-                body = response.read()
-                if response.status != 200:
-                    self.errors.append(f"status {response.status}: {body[:60]!r}")
-                else:
-                    self.ok += 1
-                    self.bodies.add(body)
-                if response.will_close:
-                    conn.close()
-            except Exception as error:  # every kind of failure is a dropped request
-                self.errors.append(f"{type(error).__name__}: {error}")
-                conn.close()
-        conn.close()
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(15)
-
-
 @pytest.mark.parametrize(
     "preload",
     # the syntax error is refused by the reload's validator (which imports a preloaded
@@ -138,7 +90,7 @@ def test_serve_reload_serves_each_save_drops_nothing_and_survives_a_syntax_error
         watcher = wait_for(lambda: watcher_of(process.pid), 15, message="the watcher")
         wait_for(lambda: "watching" in tail(), 15, message=lambda: f"watching: {tail()}")
 
-        with Load(port) as load:
+        with KeepAliveLoad(port, clients=4, expect=lambda body: True, keep_bodies=True) as load:
             wait_for(lambda: load.ok > 50, message="load running")
             # same length as "one": seen although its bytecode looks up to date
             write_app(tmp_path, "two")
