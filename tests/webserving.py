@@ -246,3 +246,19 @@ def forkd_serve(
         process.send_signal(signal.SIGTERM)
         code = process.wait(30)
     assert code == 0, process.stderr.read() if process.stderr else ""
+
+
+def count_sendfile(monkeypatch: Any) -> list[int]:
+    """The byte counts of every Request.sendfile call from now on (the test's own
+    monkeypatch undoes it): what proves a body went zero-copy, not read in pieces."""
+    from forkd.web.request import Request
+
+    sent: list[int] = []
+    real = Request.sendfile
+
+    def counting(self: Any, file: Any, offset: int, count: int) -> None:
+        sent.append(count)
+        real(self, file, offset, count)
+
+    monkeypatch.setattr(Request, "sendfile", counting)
+    return sent

@@ -14,7 +14,15 @@ from forkd.protocol import stats
 from forkd.testing import wait_for
 from forkd.web import server
 from forkd.web.asgi import ASGIResource
-from tests.webserving import ResponseReader, forkd_serve, get, json_from, request, serving
+from tests.webserving import (
+    ResponseReader,
+    count_sendfile,
+    forkd_serve,
+    get,
+    json_from,
+    request,
+    serving,
+)
 from tests.webserving import connect as connect_socket
 
 
@@ -236,8 +244,6 @@ def test_a_fastapi_file_response_goes_by_pathsend_and_sendfile(
     extension: forkd sends the file zero-copy from the loop, not read in chunks."""
     from fastapi.responses import FileResponse
 
-    from forkd.web.request import Request
-
     data = bytes(range(256)) * 4096  # 1 MiB
     (tmp_path / "blob.bin").write_bytes(data)
     app = fastapi.FastAPI()
@@ -246,14 +252,7 @@ def test_a_fastapi_file_response_goes_by_pathsend_and_sendfile(
     async def blob() -> FileResponse:
         return FileResponse(tmp_path / "blob.bin")
 
-    sent: list[int] = []
-    real = Request.sendfile
-
-    def counting(self: Any, file: Any, offset: int, count: int) -> None:
-        sent.append(count)
-        real(self, file, offset, count)
-
-    monkeypatch.setattr(Request, "sendfile", counting)
+    sent = count_sendfile(monkeypatch)
     with serving(server.Site(ASGIResource(app))) as site:
         response = get(site.port, b"/blob")
         head = request(site.port, b"HEAD /blob HTTP/1.1\r\nHost: x\r\n\r\n", head=True)

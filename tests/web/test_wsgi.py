@@ -13,7 +13,15 @@ import pytest
 
 from forkd.web import server
 from forkd.web.wsgi import WSGIResource, environ_for
-from tests.webserving import ResponseReader, forkd_serve, get, json_from, request, serving
+from tests.webserving import (
+    ResponseReader,
+    count_sendfile,
+    forkd_serve,
+    get,
+    json_from,
+    request,
+    serving,
+)
 from tests.webserving import connect as connect_socket
 
 
@@ -319,8 +327,6 @@ def test_the_app_is_imported_once_in_the_master_unless_no_preload(
 
 def test_flask_send_file_goes_by_sendfile(tmp_path: Any, monkeypatch: Any) -> None:
     """Werkzeug wraps the file in environ["wsgi.file_wrapper"]: forkd sends it zero-copy."""
-    from forkd.web.request import Request
-
     data = bytes(range(256)) * 4096  # 1 MiB
     (tmp_path / "blob.bin").write_bytes(data)
     app = flask.Flask("files")
@@ -329,14 +335,7 @@ def test_flask_send_file_goes_by_sendfile(tmp_path: Any, monkeypatch: Any) -> No
     def blob() -> Any:
         return flask.send_file(str(tmp_path / "blob.bin"))
 
-    sent: list[int] = []
-    real = Request.sendfile
-
-    def counting(self: Any, file: Any, offset: int, count: int) -> None:
-        sent.append(count)
-        real(self, file, offset, count)
-
-    monkeypatch.setattr(Request, "sendfile", counting)
+    sent = count_sendfile(monkeypatch)
     with serving(server.Site(WSGIResource(app))) as site:
         response = get(site.port, b"/blob")
         head = request(site.port, b"HEAD /blob HTTP/1.1\r\nHost: x\r\n\r\n", head=True)
