@@ -121,7 +121,6 @@ class WebSocket:
                     self.handshake = event
         except RemoteProtocolError as error:
             log.info("bad WebSocket handshake from %r: %s", request.getClientIP(), error)
-        self._rejected_early = self.handshake is None
 
     # -- the handshake ----------------------------------------------------------------------
     @property
