@@ -50,6 +50,7 @@ from wsproto.extensions import PerMessageDeflate
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from forkd.protocol import stats
+from forkd.web.headers import reason_phrase, status_line
 
 __all__ = ["Closed", "WebSocket", "is_websocket_upgrade"]
 
@@ -159,10 +160,10 @@ class WebSocket:
         if self._ws.state is not ConnectionState.CONNECTING:
             raise RuntimeError("the WebSocket handshake is already answered")
         if self.handshake is None:  # wsproto refuses to answer a handshake it never saw
-            body = b"%d\n" % status
+            body = b"%d %s\n" % (status, reason_phrase(status))
             self.transport.write(
-                b"HTTP/1.1 %d Bad Request\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
-                % (status, len(body), body)
+                status_line(status)
+                + b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
             )
             self._finish(Closed(ABNORMAL))
             return
