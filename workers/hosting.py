@@ -1,9 +1,10 @@
 """What the wsgi and asgi taps (and `forkd serve`) share: naming an application by
 MODULE:APP, the Site that imports it in each worker, and gunicorn's --bind.
 
-The tap holds the application's name, not the application: each worker imports it when it
-boots (so an import error fails `forkd start` with the application's own message instead
-of a respawn loop), and a reload imports the new code.
+The tap holds the application's name, not the application: the master imports it before
+forking (preload: the workers share it; with --no-preload each worker imports it as it
+boots), so an import error fails `forkd start` with the application's own message instead
+of a respawn loop, and a reload (the master re-executes) imports the new code.
 """
 
 from __future__ import annotations
