@@ -18,7 +18,8 @@ The port interface (the seed's "Writing New Transport Types"):
 - pickle-safe: `__getstate__` drops sockets and file descriptors.
 
 A worker serves a port with `await port.serve(loop)` when the port has it (TCPPort and
-UNIXPort do, on the event loop's fast native transports). A seed-style port without `serve`
+UNIXPort do, on the event loop's fast native transports, through a forkd.listening.Listener
+that the worker's load can hold back: `port.listener`). A seed-style port without `serve`
 is driven with the loop's reader/writer callbacks: `doRead()` when `fileno()` is readable.
 """
 
@@ -30,9 +31,11 @@ import errno
 import os
 import socket
 import stat
+from collections.abc import Callable
 from typing import Any
 
 from forkd import tls
+from forkd.listening import Listener
 from forkd.protocol import address_tuple, protocol_factory
 
 Socket = socket.socket  # the class attribute `socket` below shadows the module there
@@ -86,12 +89,35 @@ class _SocketPort:
     backlog = DEFAULT_BACKLOG
     factory: Any
     contextFactory: Any = None  # TLS when set; taps made before TLS have none
+    listener: Listener | None = None  # while a worker serves it
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state.pop("socket", None)
-        state.pop("_server", None)
+        state.pop("listener", None)
         return state
+
+    async def _serveWith(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        create: Callable[..., Any],
+    ) -> Listener:
+        """Serve the socket with the loop's `create` (create_server or create_unix_server)
+        through a Listener, which the worker's load may hold back (forkd.listening)."""
+        assert self.socket is not None, "startListening() first"
+        factory = protocol_factory(self.factory, self)
+        secure = tls.serving(self.contextFactory)  # the context is built once
+
+        async def start(sock: Socket) -> asyncio.AbstractServer:
+            server: asyncio.AbstractServer = await create(
+                factory, sock=sock, backlog=self.backlog, **secure
+            )
+            return server
+
+        listener = Listener(loop, self.socket, factory, start, secure)
+        await listener.start()
+        self.listener = listener
+        return listener
 
     def fileno(self) -> int:
         if self.socket is None:
@@ -169,14 +195,8 @@ class TCPPort(_SocketPort):
         kind = "INET6" if self.family == socket.AF_INET6 else "INET"
         return (kind, self.interface or "0.0.0.0", self.port)
 
-    async def serve(self, loop: asyncio.AbstractEventLoop) -> asyncio.AbstractServer:
-        assert self.socket is not None, "startListening() first"
-        return await loop.create_server(
-            protocol_factory(self.factory, self),
-            sock=self.socket,
-            backlog=self.backlog,
-            **tls.serving(self.contextFactory),
-        )
+    async def serve(self, loop: asyncio.AbstractEventLoop) -> Listener:
+        return await self._serveWith(loop, loop.create_server)
 
     def __repr__(self) -> str:
         where = self.key[len("tcp:") :]
@@ -226,14 +246,8 @@ class UNIXPort(_SocketPort):
     def getHost(self) -> tuple[Any, ...]:
         return ("UNIX", self.path)
 
-    async def serve(self, loop: asyncio.AbstractEventLoop) -> asyncio.AbstractServer:
-        assert self.socket is not None, "startListening() first"
-        return await loop.create_unix_server(
-            protocol_factory(self.factory, self),
-            sock=self.socket,
-            backlog=self.backlog,
-            **tls.serving(self.contextFactory),
-        )
+    async def serve(self, loop: asyncio.AbstractEventLoop) -> Listener:
+        return await self._serveWith(loop, loop.create_unix_server)
 
     def __repr__(self) -> str:
         return f"<{factory_name(self.factory)} on {self.path}{self._over()}>"
@@ -270,12 +284,11 @@ class InheritedPort(_SocketPort):
             return ("FD", self.fd)
         return address_tuple(self.socket.getsockname(), self.socket.family)
 
-    async def serve(self, loop: asyncio.AbstractEventLoop) -> asyncio.AbstractServer:
+    async def serve(self, loop: asyncio.AbstractEventLoop) -> Listener:
         assert self.socket is not None, "startListening() first"
-        factory = protocol_factory(self.factory, self)
         if self.socket.family == socket.AF_UNIX:
-            return await loop.create_unix_server(factory, sock=self.socket)
-        return await loop.create_server(factory, sock=self.socket)
+            return await self._serveWith(loop, loop.create_unix_server)
+        return await self._serveWith(loop, loop.create_server)
 
     def __repr__(self) -> str:
         return f"<{factory_name(self.factory)} on fd {self.fd}>"

@@ -8,8 +8,8 @@
 - `StringTransport`, `connect`, `disconnect`, `Clock`: a protocol without sockets
   (forkd.testing.transport);
 - `wait_for`, `wait_for_async`: wait for a condition with a deadline (forkd.testing.waiting);
-- `free_port`, `refused`, `RunningForkd`, `run_forkd`, `forkctl`, `mktap`, `make_tap`:
-  real processes on loopback (forkd.testing.processes);
+- `free_port`, `refused`, `accept_queue`, `RunningForkd`, `run_forkd`, `forkctl`, `mktap`,
+  `make_tap`: real processes on loopback (forkd.testing.processes);
 - `FakeMaster`: the master as the control plane sees it (forkd.testing.fakemaster).
 
 The project's own tests use these; tap authors are welcome to.
@@ -19,6 +19,7 @@ from forkd.testing.fakemaster import FakeMaster
 from forkd.testing.processes import (
     REPO_ROOT,
     RunningForkd,
+    accept_queue,
     forkctl,
     forkctl_command,
     forkd_command,
@@ -40,6 +41,7 @@ __all__ = [
     "FakeMaster",
     "RunningForkd",
     "StringTransport",
+    "accept_queue",
     "connect",
     "disconnect",
     "forkctl",

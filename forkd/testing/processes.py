@@ -64,6 +64,20 @@ def refused(port: int, host: str = "127.0.0.1") -> bool:
     return False
 
 
+def accept_queue(port: int) -> int:
+    """How many connections to IPv4 `port` the kernel holds in its listen queue, accepted
+    by no process yet (Linux: the rx_queue of the LISTEN line of /proc/net/tcp, for a
+    socket on 127.0.0.1 or every address). What a test reads to see that a server leaves
+    connections in the queue, for other workers or for later."""
+    addresses = {f"0100007F:{port:04X}", f"00000000:{port:04X}"}
+    with open("/proc/net/tcp", encoding="ascii") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if fields[1] in addresses and fields[3] == "0A":
+                return int(fields[4].split(":")[1], 16)
+    return 0
+
+
 def forkd_env(extra_paths: Iterable[str] = ()) -> dict[str, str]:
     """The environment a forkd, forkctl or mktap subprocess needs: the source tree (and
     `extra_paths`, where test tap modules live) first on PYTHONPATH, and none of the
