@@ -496,8 +496,12 @@ class HTTPChannel(Protocol):
         return bool(self._paused & _PAUSED_WRITE)
 
     def registerProducer(self, producer: Any) -> None:
-        """Have `producer` paused and resumed with the write buffer (a file being sent)."""
+        """Have `producer` paused and resumed with the write buffer (a file being sent).
+        One registered while the buffer is already over its high-water mark is paused at
+        once: it would otherwise write until the next pause, which may never come."""
         self._producer = producer
+        if self._paused & _PAUSED_WRITE:
+            producer.pauseProducing()
 
     def unregisterProducer(self) -> None:
         self._producer = None
