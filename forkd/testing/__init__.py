@@ -10,6 +10,8 @@
 - `wait_for`, `wait_for_async`: wait for a condition with a deadline (forkd.testing.waiting);
 - `free_port`, `refused`, `accept_queue`, `RunningForkd`, `run_forkd`, `forkctl`, `mktap`,
   `make_tap`: real processes on loopback (forkd.testing.processes);
+- forkd.testing.gate: WSGI requests that block in a real worker until the test lets
+  them on (imported by name, not here: it is a WSGI application too);
 - `FakeMaster`: the master as the control plane sees it (forkd.testing.fakemaster).
 
 The project's own tests use these; tap authors are welcome to.

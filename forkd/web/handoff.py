@@ -261,7 +261,13 @@ class Handoff:
         if self._producing or self._spool is not None:
             self._discard()
         if self._open():
-            self.request.finish()
+            request = self.request
+            if request.method == b"HEAD" and not request.startedWriting:
+                # The application dropped HEAD's body itself (Werkzeug, Django do): finish()
+                # would measure that nothing and send Content-Length: 0, a length GET does
+                # not have (RFC 9110 8.6). Start it as a stream: only the app's own length.
+                request.write(b"")
+            request.finish()
 
     def _release(self, size: int) -> None:
         self._written += size

@@ -6,11 +6,25 @@
 As Twisted's `twisted.web.wsgi`: the event loop keeps every socket, and the application runs
 in a thread pool of the worker (WSGI is blocking by contract). It starts as soon as the
 request's headers are in, and reads the body as it arrives (`wsgi.input`, a `BodyInput`:
-bounded, the client paused while the application is behind); what the application
-returns or writes is handed back to the loop in order, so a slow reader costs memory in
-the loop, never a thread. `close()` is always called on
-the returned iterable; an exception before the response started is a 500, after it the
+bounded, the client paused while the application is behind). `close()` is always called
+on the returned iterable; an exception before the response started is a 500, after it the
 connection is aborted (the client must not take half a body for a whole one).
+
+The pool is bounded, and so is the worker (forkd.web.threadpool): `threads` threads, and
+room for `maxWaiting` requests (default: as many) waiting for one; a body still coming
+is not read while its request waits. When that many are running and waiting, the worker
+stops accepting connections (forkd.listening): they stay in the kernel's listen queue,
+shared by every worker, so one with a free thread takes them; accepting resumes, one
+connection at a time, when a thread frees. However many clients pile up, a worker holds
+only what it can serve soon; a waiting request whose client is seen to leave is dropped,
+never run.
+
+What the application returns or writes goes to the loop by a `Handoff`
+(forkd.web.handoff), which the loop writes as the client takes it: a slow reader costs
+`bufferSize` bytes of memory and a temporary file beyond, never a thread, up to
+`spoolSize` bytes waiting (past that the thread waits for the client, and a client that
+stops reading is cut by the Site's send timeout). A small response costs the loop one
+wake-up however many pieces it comes in.
 """
 
 from __future__ import annotations
@@ -21,12 +35,14 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+from forkd.listening import listener_of
 from forkd.protocol import stats
+from forkd.web.handoff import ClientGone, Handoff
 from forkd.web.resource import NOT_DONE_YET, Resource
+from forkd.web.threadpool import ThreadPool
 
 __all__ = ["WSGIResource"]
 
@@ -67,6 +83,7 @@ class BodyInput:
         self._ended = False
         self._failed = False
         self._paused = False
+        self._held = False  # waiting for a thread: nothing more is read meanwhile
         self._ready = threading.Condition()
 
     # -- the loop's side ------------------------------------------------------------------
@@ -82,6 +99,31 @@ class BodyInput:
         with self._ready:
             self._ended = True
             self._ready.notify_all()
+
+    def coming(self) -> bool:
+        """Whether more of the body is still to arrive."""
+        return not self._ended
+
+    def hold(self) -> None:
+        """Every thread is busy: read no more of the body until `admit`. A body already
+        whole leaves the client read: what could come is a pipelined request (the channel
+        bounds those) or the client's leaving, which takes the request out of the line."""
+        with self._ready:
+            if self._ended:
+                return
+            self._held = True
+            if not self._paused:
+                self._paused = True
+                self.request.pauseBody()
+
+    def admit(self) -> None:
+        """A thread takes the request: the client is read again (unless the body read so
+        far is already over the limit)."""
+        with self._ready:
+            self._held = False
+            if self._paused and len(self._chunks) <= self.limit:
+                self._paused = False
+                self.request.resumeBody()
 
     def fail(self) -> None:
         with self._ready:
@@ -120,6 +162,8 @@ class BodyInput:
         return bytes(taken)
 
     def _resume(self) -> None:
+        if self._held:  # not admitted yet: the loop reads the client again on admit
+            return
         self._paused = False
         self.loop.call_soon_threadsafe(self.request.resumeBody)
 
@@ -171,50 +215,72 @@ class FileWrapper:
 
 
 class WSGIResource(Resource):
-    """Renders every request below it with a WSGI application, in `threads` threads."""
+    """Renders every request below it with a WSGI application, in `threads` threads.
+
+    At most `maxWaiting` requests (default: as many as there are threads) wait for a
+    thread before the worker stops accepting connections (forkd.web.threadpool)."""
 
     isLeaf = True
     streamsBody = True  # the application reads the body as it arrives (wsgi.input)
+    #: response bytes per request kept in memory while the client reads slower than the
+    #: application writes; more is spooled to a temporary file (forkd.web.handoff)
+    bufferSize = 256 * 1024
+    #: response bytes per request waiting for the client (memory and file) before the
+    #: application's thread waits too (waitress's outbuf_high_watermark)
+    spoolSize = 16 * 1024 * 1024
+    maxWaiting: int | None = None  # a resource pickled before it existed has the default
 
-    def __init__(self, application: WSGIApplication, threads: int = 8, root_path: str = "") -> None:
+    def __init__(
+        self,
+        application: WSGIApplication,
+        threads: int = 8,
+        root_path: str = "",
+        maxWaiting: int | None = None,
+    ) -> None:
         super().__init__()
+        if threads < 1:
+            raise ValueError("a WSGIResource needs at least one thread")
         self.application = application
         self.threads = threads
         #: where a proxy mounts the application (gunicorn's SCRIPT_NAME, uvicorn's
         #: --root-path): see script_and_path
         self.root_path = root_path
-        self._pool: ThreadPoolExecutor | None = None
+        self.maxWaiting = maxWaiting
+        self._pool: ThreadPool | None = None
 
     def __getstate__(self) -> dict[str, Any]:  # a tap pickles the application, not threads
         state = self.__dict__.copy()
         state["_pool"] = None
-        for runtime in ("_counting", "_submitted", "_finished"):
-            state.pop(runtime, None)
         return state
 
-    def render(self, request: Any) -> Any:
-        if self._pool is None:  # made in the worker, after fork: threads do not survive it
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="wsgi")
-            self._submitted = 0
-            self._finished = 0
-            self._counting = threading.Lock()
+    @property
+    def pool(self) -> ThreadPool:
+        """The worker's threads for this application: made after fork (threads do not
+        survive it), on the first request."""
+        pool = self._pool
+        if pool is None:
+            waiting = self.threads if self.maxWaiting is None else self.maxWaiting
+            pool = self._pool = ThreadPool(self.threads, waiting, "wsgi")
             stats.probes.append(self.gauges)
+        return pool
+
+    def render(self, request: Any) -> Any:
+        pool = self.pool
         loop = asyncio.get_running_loop()
         body = BodyInput(request, loop)
         request.onBody(body.feed, body.end, body.fail)
-        response = _Response(self.application, request, loop, body, self.root_path)
-        self._submitted += 1
-        self._pool.submit(response.run).add_done_callback(self._done)
+        output = Handoff(request, loop, pool.threadFree, self.bufferSize, self.spoolSize)
+        response = _Response(self.application, request, body, output, self.root_path)
+        listener = listener_of(request.channel.server)
+        waiting = pool.run(response.run, body.hold, body.admit, body.coming, listener)
+        if waiting is not None:  # a client that leaves the line does not cost a thread later
+            request.notifyFinish().addErrback(lambda _reason: pool.cancel(waiting))
         return NOT_DONE_YET
-
-    def _done(self, future: Any) -> None:  # in the thread that ran it
-        with self._counting:
-            self._finished += 1
 
     def gauges(self) -> dict[str, float]:
         """Busy and all threads, for the worker's heartbeat (forkd_wsgi_threads)."""
-        running = self._submitted - self._finished
-        return {"wsgi_threads": self.threads, "wsgi_threads_busy": min(running, self.threads)}
+        busy = self._pool.busy if self._pool is not None else 0
+        return {"wsgi_threads": self.threads, "wsgi_threads_busy": min(busy, self.threads)}
 
 
 def script_and_path(request: Any, root_path: str = "") -> tuple[str, str]:
@@ -276,26 +342,23 @@ def environ_for(request: Any, body: Any = None, root_path: str = "") -> dict[str
 
 
 class _Response:
-    """One request's run of the application in a thread, and its way back to the loop."""
+    """One request's run of the application in a thread; its output goes to the loop by
+    a Handoff."""
 
     def __init__(
         self,
         application: WSGIApplication,
         request: Any,
-        loop: Any,
         body: BodyInput,
+        output: Handoff,
         root_path: str = "",
     ) -> None:
         self.application = application
-        self.request = request
-        self.loop = loop
+        self.output = output
         self.environ = environ_for(request, body, root_path)
         self.status: str | None = None
         self.headers: list[tuple[str, str]] = []
         self.started = False  # status and headers handed to the loop
-
-    def _in_loop(self, call: Callable[..., Any], *args: Any) -> None:
-        self.loop.call_soon_threadsafe(call, *args)
 
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
@@ -326,76 +389,47 @@ class _Response:
             raise TypeError(f"a WSGI application must write bytes, not {type(data).__name__}")
         self._start()
         if data:
-            self._in_loop(self._write, bytes(data))
+            self.output.data(bytes(data))
 
     def _start(self) -> None:
         if not self.started:
             self.started = True
-            self._in_loop(self._send_head, self.status, self.headers)
+            assert self.status is not None
+            self.output.head(self.status, self.headers)
 
     def run(self) -> None:
+        """In a thread of the pool. Whatever happens, the output's end tells the loop that
+        this thread is free (forkd.web.threadpool counts on it)."""
+        output = self.output
+        ok = False
         try:
-            result = self.application(self.environ, self.start_response)
-            if isinstance(result, FileWrapper) and self.status is not None and not self.started:
-                sendable = result.sendable()
-                if sendable is not None:  # the file goes whole, by sendfile, which closes it
-                    self.started = True
-                    self._in_loop(self._send_head, self.status, self.headers)
-                    self._in_loop(self._sendfile, result.filelike, *sendable)
-                    return
-            try:
-                for chunk in result:
-                    self.write(chunk)
-                if self.status is None:
-                    raise AssertionError("the application returned without start_response")
-                self._start()
-            finally:
-                close = getattr(result, "close", None)
-                if close is not None:
-                    close()
+            if output.clientLeft():  # gone while it waited for a thread: nobody to answer
+                ok = True
+                return
+            self._run()
+            ok = True
+        except ClientGone:
+            ok = True  # nobody to answer: not the application's failure
         except Exception:
             log.exception("WSGI application failed on %s", self.environ.get("PATH_INFO"))
-            self._in_loop(self._fail)
-            return
-        self._in_loop(self._finish)
+        finally:
+            output.end(ok)
 
-    # -- in the loop ----------------------------------------------------------------------
-    def _send_head(self, status: str, headers: list[tuple[str, str]]) -> None:
-        request = self.request
-        if request.finished or request._disconnected:
-            return
-        request.setResponseCode(int(status[:3]), status[4:].encode("latin-1") or None)
-        for name, value in headers:
-            request.responseHeaders.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
-
-    def _sendfile(self, file: Any, offset: int, count: int) -> None:
-        request = self.request
-        if request.finished or request._disconnected:
-            file.close()
-            return
-        length = request.responseHeaders.getRawHeaders(b"content-length")
-        if length:
-            count = min(count, int(length[-1]))
-        else:
-            request.setHeader(b"content-length", b"%d" % count)
-        request.sendfile(file, offset, count)
-
-    def _write(self, data: bytes) -> None:
-        request = self.request
-        if not request.finished and not request._disconnected:
-            request.write(data)
-
-    def _finish(self) -> None:
-        request = self.request
-        if not request.finished and not request._disconnected:
-            if request.method == b"HEAD" and not request.startedWriting:
-                # The application dropped HEAD's body itself (Werkzeug, Django do): finish()
-                # would measure that nothing and send Content-Length: 0, a length GET does
-                # not have (RFC 9110 8.6). Start it as a stream: only the app's own length.
-                request.write(b"")
-            request.finish()
-
-    def _fail(self) -> None:
-        request = self.request
-        if not request.finished and not request._disconnected:
-            request._failed()  # a 500 if nothing is out yet, else the connection is cut
+    def _run(self) -> None:
+        result = self.application(self.environ, self.start_response)
+        if isinstance(result, FileWrapper) and self.status is not None and not self.started:
+            sendable = result.sendable()
+            if sendable is not None:  # the file goes whole, by sendfile, which closes it
+                self._start()
+                self.output.sendfile(result.filelike, *sendable)
+                return
+        try:
+            for chunk in result:
+                self.write(chunk)
+            if self.status is None:
+                raise AssertionError("the application returned without start_response")
+            self._start()
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
