@@ -270,20 +270,8 @@ def start(args: argparse.Namespace, argv: list[str]) -> int:
         nodaemon=args.nodaemon,
         logfile=args.logfile,
         workers=args.workers,
-        pidfile=args.pidfile,
-        control=args.control,
-        uid=args.uid,
-        gid=args.gid,
-        graceful_timeout=args.graceful_timeout,
-        timeout=args.timeout,
         save_on_stop=not args.no_save,
-        metrics=args.metrics,
-        shutdown_delay=args.shutdown_delay,
-        max_requests=args.max_requests,
-        max_requests_jitter=args.max_requests_jitter,
-        max_rss=args.max_rss,
-        max_lifetime=args.max_lifetime,
-        log_format=args.log_format,
+        **supervision(args),
         argv=argv,
         reload=reload,
     )
@@ -338,23 +326,30 @@ def serve(args: argparse.Namespace, argv: list[str]) -> int:
         nodaemon=not args.daemon,
         logfile=args.logfile,
         workers=workers,
-        pidfile=args.pidfile,
-        control=args.control,
-        uid=args.uid,
-        gid=args.gid,
-        graceful_timeout=args.graceful_timeout,
-        timeout=args.timeout,
-        metrics=args.metrics,
-        shutdown_delay=args.shutdown_delay,
-        max_requests=args.max_requests,
-        max_requests_jitter=args.max_requests_jitter,
-        max_rss=args.max_rss,
-        max_lifetime=args.max_lifetime,
-        log_format=args.log_format,
+        **supervision(args),
         argv=argv,
         reload=reload,
     )
     return run(options)
+
+
+def supervision(args: argparse.Namespace) -> dict[str, Any]:
+    """The StartOptions that `add_supervision`'s options give, for start and serve alike."""
+    return {
+        "pidfile": args.pidfile,
+        "control": args.control,
+        "uid": args.uid,
+        "gid": args.gid,
+        "graceful_timeout": args.graceful_timeout,
+        "timeout": args.timeout,
+        "metrics": args.metrics,
+        "shutdown_delay": args.shutdown_delay,
+        "max_requests": args.max_requests,
+        "max_requests_jitter": args.max_requests_jitter,
+        "max_rss": args.max_rss,
+        "max_lifetime": args.max_lifetime,
+        "log_format": args.log_format,
+    }
 
 
 def count(text: str) -> int:
